@@ -117,7 +117,8 @@ class PriorSwap(Messenger):
 class InnerFit:
     """The result of an inner VI run for T tasks.
 
-    :ivar model: the tasks-plated model the guide was fitted to (prior swapped, reparameterised).
+    :ivar tasks_model: the user's model under the tasks plate.
+    :ivar model: ``tasks_model`` as the guide was fitted to it (prior swapped, reparameterised).
     :ivar guide: the fitted autoguide (its parameters carry the task dimension).
     :ivar loc: posterior means at the prior site, ``(T, D)``.
     :ivar scale: posterior standard deviations ``(T, D)``, or ``None`` for a delta guide.
@@ -125,6 +126,7 @@ class InnerFit:
     :ivar snapshots: ``{step: (loc, scale, guide state)}`` for the steps asked for in ``record``.
     """
 
+    tasks_model: TasksModel
     model: Callable
     guide: AutoGuide
     loc: torch.Tensor
@@ -264,4 +266,4 @@ class InnerVI:
                 if i < steps:
                     losses.append(svi.step(*args))
         loc, scale = read()
-        return InnerFit(conditioned, guide, loc, scale, losses, snapshots)
+        return InnerFit(tasks_model, conditioned, guide, loc, scale, losses, snapshots)

@@ -173,14 +173,7 @@ class GEMBML:
             record=record,
             nesting=nesting,
         )
-        steps = self.inner.steps if steps is None else steps
-        post = Posterior(fit.model, fit.guide, self.prior.name, fit.loc, fit.scale, nesting + 1)
-        post.steps = steps
-        for k, (loc, scale, state) in fit.snapshots.items():
-            post.history[k] = Posterior(
-                fit.model, fit.guide, self.prior.name, loc, scale, nesting + 1, state, k
-            )
-        return post
+        return Posterior(fit, self.prior.name, self.inner.steps if steps is None else steps)
 
     def state_dict(self) -> dict:
         return {"prior": self.prior.state_dict(), "meta_optim": self.meta_optim.state_dict()}

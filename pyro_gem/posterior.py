@@ -12,12 +12,13 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pyro
 import torch
 from pyro.infer import Predictive
-from pyro.infer.autoguide import AutoGuide
+
+from pyro_gem.inner import InnerFit
 
 __all__ = ["Posterior"]
 
@@ -25,40 +26,26 @@ __all__ = ["Posterior"]
 class Posterior:
     """q(θ) for T tasks after an inner VI run.
 
-    :param model: the tasks-plated model the guide was fitted to.
-    :param guide: the fitted autoguide.
+    :param fit: the inner VI run (its guide, models and parameters).
     :param site: the prior's sample site.
-    :param loc: posterior means of the weights, ``(T, D)``.
-    :param scale: posterior standard deviations ``(T, D)`` (``None`` for a delta guide).
-    :param nesting: the plate nesting of the tasks-plated model.
-    :param state: the guide's parameters for this posterior (defaults to the guide's current).
-    :param steps: the inner steps that produced it.
+    :param steps: the inner steps that produced this posterior.
+    :param snapshot: ``(loc, scale, guide state)`` of an intermediate step; defaults to the end.
     """
 
-    def __init__(
-        self,
-        model: Callable,
-        guide: AutoGuide,
-        site: str,
-        loc: torch.Tensor,
-        scale: torch.Tensor | None,
-        nesting: int,
-        state: dict | None = None,
-        steps: int | None = None,
-    ):
-        self.model = model
-        self.guide = guide
+    def __init__(self, fit: InnerFit, site: str, steps: int, snapshot: tuple | None = None):
+        self.tasks_model = fit.tasks_model
+        self.model = fit.model
+        self.guide = fit.guide
         self.site = site
-        self.loc = loc
-        self.scale = scale
-        self.nesting = nesting
-        self.state = (
-            {k: v.detach().clone() for k, v in guide.state_dict().items()}
-            if state is None
-            else state
-        )
         self.steps = steps
+        # Plate dims of the tasks-plated model: Predictive's draws plate goes left of them.
+        self.nesting = fit.tasks_model.nesting + 1
         self.history: dict[int, Posterior] = {}
+        if snapshot is None:
+            state = {k: v.detach().clone() for k, v in fit.guide.state_dict().items()}
+            snapshot = (fit.loc, fit.scale, state)
+            self.history = {k: Posterior(fit, site, k, s) for k, s in fit.snapshots.items()}
+        self.loc, self.scale, self.state = snapshot
 
     @property
     def num_tasks(self) -> int:

@@ -1,0 +1,42 @@
+"""Sinusoid regression (MAML's benchmark) as a pyro_gem model file.
+
+A model file defines, at module level:
+
+- ``prior``: a :class:`pyro_gem.GaussianPrior` over the network's weights;
+- ``model(*inputs, y=None)``: one task's Pyro model, drawing the weights from ``prior``;
+- ``tasks``: a task family with ``sample(num_tasks, generator)`` and ``test_tasks(num_tasks)``;
+- ``config`` (optional): default training options, overridden by the CLI's flags.
+
+Train it with ``pyro-gem train models/sinusoid.py``.
+"""
+
+import pyro
+import pyro.distributions as dist
+from torch import nn
+
+from pyro_gem import GaussianPrior
+from pyro_gem.tasks import Sinusoid
+
+net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+prior = GaussianPrior(net, init_scale=0.01)
+noise = 0.3  # likelihood standard deviation of y
+
+
+def model(x, y=None):
+    """One task: y_i ~ N(f_θ(x_i), noise²) with θ ~ prior. ``x``: (N, 1); ``y``: (N,)."""
+    f = prior.sample_net()  # one weight set per task, drawn outside the data plate
+    mean = pyro.deterministic("mean", f(x).squeeze(-1))
+    with pyro.plate("data", x.shape[-2], dim=-1):
+        pyro.sample("y", dist.Normal(mean, noise), obs=y)
+
+
+tasks = Sinusoid("default", shots=10)
+
+config = {
+    "method": "gem-bml+",
+    "meta_iterations": 3000,
+    "meta_batch": 25,
+    "meta_lr": 1e-3,
+    "inner_lr": 0.1,
+    "inner_steps": 5,
+}

@@ -1,0 +1,179 @@
+"""The ``pyro-gem`` command: meta-train a model file, then meta-test it.
+
+Example::
+
+    pyro-gem train models/sinusoid.py                       # defaults from the file's config
+    pyro-gem train models/sinusoid.py --method gem-bml --meta-iterations 500 --out runs/a
+    pyro-gem train models/sinusoid.py --out runs/a --resume  # continue an interrupted run
+    pyro-gem evaluate runs/a                                 # meta-test a checkpoint again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_gem.evaluation import meta_test
+from pyro_gem.inner import InnerVI
+from pyro_gem.learners import GEMBML, METHODS
+from pyro_gem.modelfile import load_model_file
+from pyro_gem.training import load_checkpoint, train
+
+__all__ = ["main", "build_learner"]
+
+#: Options a model file's ``config`` may set and the CLI may override.
+DEFAULTS = {
+    "method": "gem-bml+",
+    "meta_iterations": 3000,
+    "meta_batch": 25,
+    "meta_lr": 1e-3,
+    "inner_lr": 0.1,
+    "inner_steps": 5,
+    "query_steps": None,
+    "guide": "normal",
+    "update": "sequential",
+    "num_particles": 1,
+    "seed": 0,
+    "test_tasks": 600,
+    "eval_steps": [0, 1, 5, 10],
+}
+
+
+def build_learner(model_file, config: dict) -> GEMBML:
+    """The learner a run's options describe, over the model file's model and prior."""
+    if config["method"] not in METHODS:
+        raise ValueError(f"unknown method {config['method']!r}: choose one of {list(METHODS)}")
+    inner = InnerVI(
+        guide=config["guide"],
+        optim=pyro.optim.Adam({"lr": config["inner_lr"]}),
+        steps=config["inner_steps"],
+        num_particles=config["num_particles"],
+    )
+    meta_optim = torch.optim.Adam(model_file.prior.parameters(), lr=config["meta_lr"])
+    return GEMBML(
+        model_file.model,
+        model_file.prior,
+        meta_optim,
+        plus=config["method"] == "gem-bml+",
+        inner=inner,
+        query_steps=config["query_steps"],
+        update=config["update"],
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyro-gem", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="meta-train a model file, then meta-test it")
+    t.add_argument("model_file", type=Path, help="a Python file defining model, prior, tasks")
+    t.add_argument("--method", choices=METHODS)
+    t.add_argument("--meta-iterations", type=int)
+    t.add_argument("--meta-batch", type=int)
+    t.add_argument("--meta-lr", type=float)
+    t.add_argument("--inner-lr", type=float)
+    t.add_argument("--inner-steps", type=int)
+    t.add_argument("--query-steps", type=int)
+    t.add_argument("--guide", choices=["normal", "delta"])
+    t.add_argument("--update", choices=["sequential", "joint"])
+    t.add_argument("--num-particles", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--test-tasks", type=int, help="held-out tasks in the final meta-test")
+    t.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    e = sub.add_parser("evaluate", help="meta-test a checkpoint on held-out tasks")
+    e.add_argument("run_dir", type=Path, help="a directory written by 'pyro-gem train'")
+    e.add_argument("--model-file", type=Path, help="defaults to the one the run was trained on")
+    e.add_argument("--test-tasks", type=int)
+    e.add_argument("--steps", type=int, nargs="+", help="inner-step counts to score")
+    return p
+
+
+def _report(scores: dict, out_dir: Path) -> None:
+    print(f"meta-test on {scores['num_tasks']} held-out tasks (MSE, mean ± 95% CI):")
+    for step, (mean, ci) in scores["mse"].items():
+        print(f"  after {step:>3} inner steps: {mean:.4f} ± {ci:.4f}")
+    print(f"  90% predictive interval coverage: {scores['coverage90']:.3f}")
+    (out_dir / "metatest.json").write_text(json.dumps(scores, indent=2))
+
+
+def _meta_test_and_plot(learner, mf, config: dict, out_dir: Path) -> dict:
+    from pyro_gem.diagnostics import plot_tasks
+
+    heldout = mf.tasks.test_tasks(config["test_tasks"])
+    scores = meta_test(learner, heldout, steps=config["eval_steps"])
+    _report(scores, out_dir)
+    png = plot_tasks(learner, mf.tasks, heldout.select(slice(0, 4)), out_dir / "tasks.png")
+    if png is not None:
+        print(f"wrote {png}")
+    return scores
+
+
+def _train(args) -> int:
+    mf = load_model_file(args.model_file)
+    config = {**DEFAULTS, **mf.config}
+    for key in DEFAULTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            config[key] = value
+    config["model_file"] = str(args.model_file.resolve())
+    out = args.out
+    if args.resume and (out / "config.json").is_file():
+        saved = json.loads((out / "config.json").read_text())
+        changed = {
+            k
+            for k in DEFAULTS
+            if k not in ("meta_iterations", "test_tasks") and saved.get(k) != config.get(k)
+        }
+        if changed:
+            raise SystemExit(
+                f"--resume: options {sorted(changed)} differ from the checkpoint's; resuming "
+                "continues the same run, so they must match"
+            )
+    learner = build_learner(mf, config)
+    train(
+        learner,
+        mf.tasks,
+        meta_iterations=config["meta_iterations"],
+        meta_batch=config["meta_batch"],
+        seed=config["seed"],
+        out_dir=out,
+        resume=args.resume,
+        config=config,
+        progress=not args.no_progress,
+    )
+    print(f"checkpoint: {out / 'checkpoint.pt'}")
+    _meta_test_and_plot(learner, mf, config, out)
+    return 0
+
+
+def _evaluate(args) -> int:
+    state, config, _ = load_checkpoint(args.run_dir)
+    mf = load_model_file(args.model_file or config["model_file"])
+    if args.test_tasks is not None:
+        config["test_tasks"] = args.test_tasks
+    if args.steps is not None:
+        config["eval_steps"] = args.steps
+    learner = build_learner(mf, config)
+    learner.load_state_dict(state["learner"])
+    print(f"{config['method']} after {state['iteration']} meta-iterations")
+    _meta_test_and_plot(learner, mf, config, args.run_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _train(args) if args.command == "train" else _evaluate(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"pyro-gem: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

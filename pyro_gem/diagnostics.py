@@ -1,0 +1,197 @@
+"""Posterior diagnostics: ArviZ InferenceData export and plots.
+
+Example::
+
+    post = learner.adapt(*test.support)
+    idata = to_inference_data(post, test.query[:-1], observed=test.query[-1])
+    az.summary(idata, var_names=["mean"])
+    az.plot_forest(idata, var_names=["mean"], coords={"task": [0], "point": [0, 1, 2]})
+    plot_tasks(learner, tasks, test.select(slice(0, 4)), "tasks.png")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import Predictive
+
+from pyro_gem.posterior import Posterior
+
+__all__ = ["to_inference_data", "plot_tasks", "plot_training"]
+
+
+def _np(value: torch.Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy()
+
+
+def _flat_weights(theta: torch.Tensor) -> torch.Tensor:
+    """Draws of the prior site ``(S, T, 1, ..., D)`` as ``(S, T, D)``."""
+    return theta.reshape(theta.shape[0], theta.shape[1], theta.shape[-1])
+
+
+def _log_likelihood(
+    posterior: Posterior, inputs, observed: torch.Tensor, theta: torch.Tensor, obs_site: str
+) -> torch.Tensor:
+    """log p(observed point | θ_s) for every draw, task and point, ``(S, T, N)``."""
+    nesting = posterior.nesting
+    conditioned = poutine.condition(posterior.tasks_model, data={posterior.site: theta})
+    with (
+        torch.no_grad(),
+        pyro.settings.context(module_local_params=True),
+        pyro.plate("draws", theta.shape[0], dim=-(nesting + 1)),
+    ):
+        trace = poutine.trace(conditioned).get_trace(*inputs, observed)
+    site = trace.nodes[obs_site]
+    return site["fn"].log_prob(site["value"])
+
+
+def to_inference_data(
+    posterior: Posterior,
+    inputs: Sequence[torch.Tensor],
+    observed: torch.Tensor | None = None,
+    num_samples: int = 200,
+    obs_site: str = "y",
+    weights: bool = True,
+) -> az.InferenceData:
+    """ArviZ InferenceData for an adapted posterior over T tasks, at the given inputs.
+
+    Groups: ``posterior`` (the weights ``theta`` with dims ``(task, weight)`` and every
+    deterministic or latent site of the model, e.g. the function values ``mean`` with dims
+    ``(task, point)``), ``prior`` (the same sites under the learnable prior),
+    ``posterior_predictive`` and ``prior_predictive`` (the observation site), and, when
+    ``observed`` is given, ``observed_data`` and ``log_likelihood``.
+
+    :param posterior: a posterior from a learner's ``adapt``.
+    :param inputs: the model's inputs for the points to predict, e.g. ``(x_query,)``.
+    :param observed: the observed targets at those inputs, ``(T, N)``.
+    :param num_samples: draws per group (one chain).
+    :param obs_site: the model's observation site.
+    :param weights: include the network weights (``D`` values per draw and task).
+    """
+    inputs = tuple(inputs)
+    post = posterior.predict(*inputs, num_samples=num_samples)
+    with torch.no_grad(), pyro.settings.context(module_local_params=True):
+        prior = Predictive(
+            posterior.tasks_model,
+            num_samples=num_samples,
+            parallel=True,
+        )(*inputs)
+    site = posterior.site
+    dims, groups = {}, {"posterior": {}, "prior": {}}
+    for name, draws in (("posterior", post), ("prior", prior)):
+        for key, value in draws.items():
+            if key == obs_site or key.endswith("_decentered"):
+                continue
+            if key == site:
+                if not weights:
+                    continue
+                value = _flat_weights(value)
+                dims[key] = ["task", "weight"]
+            elif value.dim() == 3:
+                dims[key] = ["task", "point"]
+            groups[name][key] = _np(value)[None]
+    dims[obs_site] = ["task", "point"]
+    kwargs = {
+        "posterior": groups["posterior"],
+        "prior": groups["prior"],
+        "posterior_predictive": {obs_site: _np(post[obs_site])[None]},
+        "prior_predictive": {obs_site: _np(prior[obs_site])[None]},
+    }
+    if observed is not None:
+        loglik = _log_likelihood(posterior, inputs, observed, post[site], obs_site)
+        kwargs["observed_data"] = {obs_site: _np(observed)}
+        kwargs["log_likelihood"] = {obs_site: _np(loglik)[None]}
+    return az.from_dict(**kwargs, dims=dims)
+
+
+def plot_tasks(
+    learner,
+    tasks,
+    batch,
+    path: str | Path | None = None,
+    num_samples: int = 200,
+    grid_points: int = 200,
+    mean_site: str = "mean",
+):
+    """Plot adapted predictions for a few 1-D regression tasks.
+
+    Shows the support points, the true function (when the task family has ``function``), and
+    the posterior predictive mean with its 90% band over a grid spanning the inputs.
+
+    :returns: the path written, or the figure when ``path`` is ``None``; ``None`` when the
+        tasks do not have scalar inputs.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_s, y_s = batch.support[0], batch.support[-1]
+    if len(batch.support) != 2 or x_s.dim() != 3 or x_s.shape[-1] != 1:
+        return None
+    post = learner.adapt(*batch.support)
+    lo, hi = getattr(tasks, "x_range", (x_s.min().item(), x_s.max().item()))
+    grid = torch.linspace(lo, hi, grid_points).expand(len(batch), grid_points)[..., None]
+    draws = post.predict(grid, num_samples=num_samples)
+    f = draws[mean_site] if mean_site in draws else draws["y"]
+    band = torch.quantile(f, torch.tensor([0.05, 0.95]), dim=0)
+    n = len(batch)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    for t, ax in enumerate(axes[0]):
+        gx = _np(grid[t, :, 0])
+        if hasattr(tasks, "function") and batch.info:
+            truth = tasks.function(batch.select(slice(t, t + 1)).info, grid[t : t + 1])[0]
+            ax.plot(gx, _np(truth), "k--", lw=1.2, label="true function")
+        ax.fill_between(gx, _np(band[0, t]), _np(band[1, t]), alpha=0.3, label="90% band")
+        ax.plot(gx, _np(f.mean(0)[t]), lw=1.6, label="predictive mean")
+        ax.scatter(_np(x_s[t, :, 0]), _np(y_s[t]), c="C3", s=18, zorder=3, label="support")
+        ax.set_title(f"task {t}")
+        ax.set_xlabel("x")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{getattr(learner, 'name', '')}: held-out tasks after {post.steps} inner steps")
+    fig.tight_layout()
+    if path is None:
+        return fig
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_training(history: list[dict], path: str | Path | None = None):
+    """Plot the meta-objective, the held-out MSE and the median prior scale over training.
+
+    The prior scale is worth watching: an unconverged inner VI can bias ĝ_s upwards, and the
+    scale then runs away while the held-out error climbs back.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = np.array([h["iteration"] for h in history])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(it, [h["meta_objective"] for h in history], lw=0.6)
+    axes[0].set_title("meta-objective estimate")
+    evals = [(h["iteration"], h["heldout_mse"]) for h in history if "heldout_mse" in h]
+    if evals:
+        axes[1].plot(*zip(*evals, strict=True), marker="o")
+    axes[1].set_title("held-out MSE")
+    axes[1].set_yscale("log")
+    axes[2].plot(it, [h["prior_scale_median"] for h in history])
+    axes[2].set_title("median prior scale σ")
+    for ax in axes:
+        ax.set_xlabel("meta-iteration")
+    fig.tight_layout()
+    if path is None:
+        return fig
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,83 @@
+"""Meta-testing: adapt to held-out tasks and score the predictions.
+
+Example::
+
+    scores = meta_test(learner, tasks.test_tasks(600), steps=(0, 1, 5, 10))
+    scores["mse"]["10"]          # [mean, 95% CI half-width] over tasks
+    scores["coverage90"]         # share of query targets inside the 90% predictive interval
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from pyro_gem.tasks.base import TaskBatch
+
+__all__ = ["meta_test", "mean_ci95", "predictive_summary"]
+
+
+def mean_ci95(values: torch.Tensor) -> list[float]:
+    """Mean and the half-width of its normal 95% confidence interval, as a JSON-ready list."""
+    values = values.double()
+    half = 1.96 * values.std(unbiased=True) / values.numel() ** 0.5 if values.numel() > 1 else 0.0
+    return [values.mean().item(), float(half)]
+
+
+def predictive_summary(
+    posterior, inputs: Sequence[torch.Tensor], num_samples: int, obs_site: str, mean_site: str
+) -> dict[str, torch.Tensor]:
+    """Predictive mean and 5% / 95% quantiles of the observations, per task and point.
+
+    The mean is the posterior mean of ``mean_site`` when the model records it (the noise-free
+    function), otherwise the mean of the sampled observations.
+    """
+    draws = posterior.predict(*inputs, num_samples=num_samples)
+    if obs_site not in draws:
+        raise ValueError(f"the model has no observation site {obs_site!r}")
+    obs = draws[obs_site]
+    mean = draws[mean_site] if mean_site in draws else obs
+    q = torch.quantile(obs, torch.tensor([0.05, 0.95], dtype=obs.dtype), dim=0)
+    return {"mean": mean.mean(0), "lower": q[0], "upper": q[1], "samples": obs}
+
+
+def meta_test(
+    learner,
+    tasks: TaskBatch,
+    steps: Sequence[int] = (0, 1, 5, 10),
+    num_samples: int = 100,
+    obs_site: str = "y",
+    mean_site: str = "mean",
+    chunk: int = 200,
+) -> dict:
+    """Adapt to held-out tasks from their support sets and score the query predictions.
+
+    :param learner: any learner with ``adapt(*support, steps=, record=)``.
+    :param tasks: held-out tasks; the last model argument of each set is the observed target.
+    :param steps: the inner-step counts to score (one adaptation run, recorded at each).
+    :param num_samples: posterior draws per prediction.
+    :param obs_site: the model's observation site.
+    :param mean_site: a deterministic site holding the noise-free prediction, if the model has one.
+    :param chunk: tasks adapted at once (bounds memory).
+    :returns: ``{"mse": {str(step): [mean, ci95]}, "coverage90": float, "num_tasks": T}``; the
+        coverage is for the largest step count.
+    """
+    steps = sorted(set(int(s) for s in steps))
+    sq_err: dict[int, list[torch.Tensor]] = {s: [] for s in steps}
+    covered: list[torch.Tensor] = []
+    for start in range(0, len(tasks), chunk):
+        part = tasks.select(slice(start, start + chunk))
+        post = learner.adapt(*part.support, steps=max(steps), record=steps)
+        inputs, target = part.query[:-1], part.query[-1]
+        for s in steps:
+            summary = predictive_summary(post.history[s], inputs, num_samples, obs_site, mean_site)
+            sq_err[s].append((summary["mean"] - target).square().flatten(1).mean(1))
+            if s == max(steps):
+                inside = (target >= summary["lower"]) & (target <= summary["upper"])
+                covered.append(inside.flatten(1).float().mean(1))
+    return {
+        "mse": {str(s): mean_ci95(torch.cat(sq_err[s])) for s in steps},
+        "coverage90": torch.cat(covered).mean().item(),
+        "num_tasks": len(tasks),
+    }
