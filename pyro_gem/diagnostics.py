@@ -86,7 +86,7 @@ def to_inference_data(
     dims, groups = {}, {"posterior": {}, "prior": {}}
     for name, draws in (("posterior", post), ("prior", prior)):
         for key, value in draws.items():
-            if key == obs_site or key.endswith("_decentered"):
+            if key == obs_site:
                 continue
             if key == site:
                 if not weights:
@@ -115,6 +115,7 @@ def plot_tasks(
     tasks,
     batch,
     path: str | Path | None = None,
+    steps: int | None = None,
     num_samples: int = 200,
     grid_points: int = 200,
     mean_site: str = "mean",
@@ -122,21 +123,18 @@ def plot_tasks(
     """Plot adapted predictions for a few 1-D regression tasks.
 
     Shows the support points, the true function (when the task family has ``function``), and
-    the posterior predictive mean with its 90% band over a grid spanning the inputs.
+    the posterior predictive mean with its 90% band over a grid spanning the inputs, after
+    ``steps`` inner steps (the learner's default when omitted).
 
     :returns: the path written, or the figure when ``path`` is ``None``; ``None`` when the
         tasks do not have scalar inputs.
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x_s, y_s = batch.support[0], batch.support[-1]
     if len(batch.support) != 2 or x_s.dim() != 3 or x_s.shape[-1] != 1:
         return None
-    post = learner.adapt(*batch.support)
+    post = learner.adapt(*batch.support, steps=steps)
     lo, hi = getattr(tasks, "x_range", (x_s.min().item(), x_s.max().item()))
     grid = torch.linspace(lo, hi, grid_points).expand(len(batch), grid_points)[..., None]
     draws = post.predict(grid, num_samples=num_samples)
@@ -170,10 +168,6 @@ def plot_training(history: list[dict], path: str | Path | None = None):
     The prior scale is worth watching: an unconverged inner VI can bias ĝ_s upwards, and the
     scale then runs away while the held-out error climbs back.
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     it = np.array([h["iteration"] for h in history])

@@ -98,7 +98,8 @@ class PriorSwap(Messenger):
         super().__init__()
         self.site = site
         loc, scale = self.layout(loc, tasks_dim), self.layout(scale, tasks_dim)
-        self.fn = dist.Normal(loc.detach(), scale.detach()).to_event(1)
+        # No validation: a diverged task's posterior, used as the next prior, may be NaN.
+        self.fn = dist.Normal(loc.detach(), scale.detach(), validate_args=False).to_event(1)
 
     @staticmethod
     def layout(value: torch.Tensor, tasks_dim: int) -> torch.Tensor:
@@ -252,8 +253,11 @@ class InnerVI:
 
         losses: list[float] = []
         snapshots = {}
-        # Module-local params: nothing reaches the user's global param store.
-        with pyro.settings.context(module_local_params=True):
+        # Module-local params: nothing reaches the user's global param store. Validation is
+        # off in the loop (the model was validated when its plates were traced): a task whose
+        # VI diverges must turn into non-finite values for that task alone, not an exception
+        # that stops every task.
+        with pyro.settings.context(module_local_params=True), pyro.validation_enabled(False):
             guide = self.guide_cls(conditioned, init_loc_fn=init_to_mean)
             with torch.no_grad():
                 guide(*args)

@@ -94,11 +94,16 @@ class GEMBML:
         nesting = self.nesting(batch.support)
         site, vi = self.prior.name, self.inner
         support = vi.fit(self.model, site, batch.support, self._prior(), nesting=nesting)
-        start = (support.loc, support.scale)
+        # A task that diverged is left out of the meta-gradient; the query run restarts it from
+        # the prior so that its NaNs cannot reach anything else.
+        m, sigma = self._prior()
+        ok = support.finite[:, None]
+        loc = torch.where(ok, support.loc, m)
+        scale = None if support.scale is None else torch.where(ok, support.scale, sigma)
+        start = (loc, scale)
         if self.update == "sequential":
             # q_λtr is the prior of the query update; a delta posterior keeps the prior's scale.
-            scale = self.prior.scale.detach() if support.scale is None else support.scale
-            prior2 = (support.loc, scale.expand_as(support.loc))
+            prior2 = (loc, (sigma if scale is None else scale).expand_as(loc))
             args = batch.query
         else:
             prior2, args = self._prior(), batch.joint()

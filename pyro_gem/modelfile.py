@@ -51,9 +51,13 @@ def load_model_file(path: str | Path) -> ModelFile:
     name = f"pyro_gem_model_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     finally:
         sys.path.pop(0)
     missing = [a for a in ("model", "prior", "tasks") if not hasattr(module, a)]

@@ -75,7 +75,10 @@ class Posterior:
                 return_sites=return_sites,
                 parallel=True,
             )
-            return predictive(*args, **kwargs)
+            draws = predictive(*args, **kwargs)
+        # The whitened inner VI's auxiliary site is ours, not the user's.
+        draws.pop(f"{self.site}_decentered", None)
+        return draws
 
     def sample_weights(self, num_samples: int, generator: torch.Generator | None = None):
         """Draws of θ from q, ``(num_samples, T, D)``."""
