@@ -43,8 +43,10 @@ def plate_nesting(model: Callable, args: Sequence, site: str) -> int:
     :raises ValueError: if the model has no sample site called ``site``.
     """
     one = tuple(a[0] if isinstance(a, torch.Tensor) else a for a in args)
+    # A forked random state: whether this trace runs must not change what a run samples.
     with (
         torch.no_grad(),
+        torch.random.fork_rng(),
         pyro.get_param_store().scope(),
         pyro.settings.context(module_local_params=True),
     ):

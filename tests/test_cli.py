@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_gem.cli import main
+from pyro_gem.modelfile import load_model_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = textwrap.dedent(
+    """
+    from __future__ import annotations
+
+    from dataclasses import dataclass
+
+    import pyro
+    import pyro.distributions as dist
+    from torch import nn
+
+    from pyro_gem import GaussianPrior, Sinusoid
+
+    prior = GaussianPrior(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)), 0.05)
+
+
+    @dataclass
+    class Noise:  # module-level dataclass: the loader must register the module
+        sd: float = 0.3
+
+
+    def model(x, y=None):
+        mean = pyro.deterministic("mean", prior.sample_net()(x).squeeze(-1))
+        with pyro.plate("data", x.shape[-2], dim=-1):
+            pyro.sample("y", dist.Normal(mean, Noise().sd), obs=y)
+
+
+    tasks = Sinusoid("challenging", shots=5)
+    config = {"inner_steps": 2, "meta_batch": 3, "test_tasks": 4}
+    """
+)
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY)
+    return path
+
+
+def test_train_evaluate_and_resume(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(tiny_model), "--meta-iterations", "3", "--out", str(out), "--no-progress"]
+    assert main(args + ["--method", "gem-bml", "--seed", "4"]) == 0
+    printed = capsys.readouterr().out
+    for steps in (0, 1, 5, 10):
+        assert f"after {steps:>3} inner steps" in printed
+    assert (out / "tasks.png").stat().st_size > 1000
+    scores = json.loads((out / "metatest.json").read_text())
+    assert set(scores["mse"]) == {"0", "1", "5", "10"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "gem-bml" and config["inner_steps"] == 2 and config["seed"] == 4
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 3
+
+    resumed = args[:3] + ["5", "--out", str(out), "--no-progress", "--resume"]
+    assert main(resumed + ["--method", "gem-bml", "--seed", "4"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 5
+    with pytest.raises(SystemExit, match="differ from the checkpoint"):
+        main(resumed + ["--method", "gem-bml+", "--seed", "4"])
+
+    assert main(["evaluate", str(out), "--test-tasks", "3", "--steps", "0", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "gem-bml after 5 meta-iterations" in printed and "after   2 inner steps" in printed
+
+
+def test_model_file_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text("model = None\n")
+    with pytest.raises(ValueError, match="does not define prior, tasks"):
+        load_model_file(bad)
+    assert main(["train", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "does not define" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.py")]) == 2
+
+
+def test_example_model_file_and_entry_point():
+    mf = load_model_file(ROOT / "models" / "sinusoid.py")
+    assert mf.prior.num_weights == 1761 and mf.config["method"] == "gem-bml+"
+    assert load_model_file(ROOT / "models" / "sinusoid.py").prior is not mf.prior
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_gem.cli", "train", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "--inner-steps" in done.stdout
