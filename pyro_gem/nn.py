@@ -32,6 +32,27 @@ __all__ = ["FunctionalNet", "infer_input_rank"]
 
 _INPUT_RANKS = {nn.Linear: 1, nn.Conv1d: 2, nn.Conv2d: 3, nn.Conv3d: 4}
 
+# Parameter-free layers that act elementwise, so they apply to a batch of weight sets as is.
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Identity,
+)
+
+
+def _is_mlp(module: nn.Module) -> bool:
+    """A Sequential of Linear layers and elementwise activations."""
+    return isinstance(module, nn.Sequential) and all(
+        isinstance(m, nn.Linear) or (isinstance(m, _ELEMENTWISE) and not list(m.parameters()))
+        for m in module
+    )
+
 
 def infer_input_rank(module: nn.Module) -> int:
     """Rank of one input example, read from the module's first weight layer.
@@ -74,6 +95,8 @@ class FunctionalNet:
         self.num_weights = sum(self.sizes)
         if self.num_weights == 0:
             raise ValueError(f"{type(module).__name__} has no parameters to put a prior on")
+        # MLPs run as batched matmuls directly: the same arithmetic as vmap, less dispatch.
+        self.is_mlp = _is_mlp(self.module)
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         """The module's current parameters as one flat vector, in this net's order."""
@@ -92,6 +115,23 @@ class FunctionalNet:
 
     def _single(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, self.unflatten(theta), (x,))
+
+    def _batched_mlp(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``theta`` (P, D) and ``x`` (P, N, in) through a Sequential of Linear layers."""
+        params = self.unflatten(theta)
+        h = x
+        for i, layer in enumerate(self.module):
+            if isinstance(layer, nn.Linear):
+                w = params[f"{i}.weight"]
+                b = params.get(f"{i}.bias")
+                h = (
+                    torch.bmm(h, w.transpose(1, 2))
+                    if b is None
+                    else torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+                )
+            else:
+                h = layer(h)
+        return h
 
     def __call__(
         self, theta: torch.Tensor, x: torch.Tensor, weight_batch: Sequence[int] | None = None
@@ -124,5 +164,5 @@ class FunctionalNet:
             return self._single(theta, x)
         theta = theta.expand(batch + theta.shape[-1:]).reshape((-1,) + theta.shape[-1:])
         x_flat = x.expand(batch + x.shape[-(r + 1) :]).reshape((-1,) + x.shape[-(r + 1) :])
-        out = vmap(self._single)(theta, x_flat)
+        out = (self._batched_mlp if self.is_mlp else vmap(self._single))(theta, x_flat)
         return out.reshape(batch + out.shape[1:])

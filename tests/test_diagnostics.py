@@ -39,7 +39,9 @@ def test_inference_data_groups_dims_and_arviz_functions():
     # The log-likelihood is log N(y_obs | mean_s, noise) for each draw.
     mean = torch.as_tensor(idata.posterior["mean"].values)
     expected = torch.distributions.Normal(mean, 0.3).log_prob(test.query[-1])
-    np.testing.assert_allclose(idata.log_likelihood["y"].values, expected.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        idata.log_likelihood["y"].values, expected.numpy(), rtol=1e-4, atol=1e-4
+    )
     # Posterior draws of the weights follow the adapted guide.
     draws = torch.as_tensor(idata.posterior["theta"].values[0])
     assert torch.allclose(draws.mean(0), post.loc, atol=5 * post.scale.max().item())

@@ -62,7 +62,9 @@ def test_checkpoint_is_plain_tensors_and_json(tmp_path):
 def test_evaluation_does_not_change_the_trajectory(tmp_path):
     a, _ = run(None, 4)
     learner = make_learner()
-    train(learner, Sinusoid(), meta_iterations=4, meta_batch=4, seed=3, eval_every=0, progress=False)
+    train(
+        learner, Sinusoid(), meta_iterations=4, meta_batch=4, seed=3, eval_every=0, progress=False
+    )
     torch.testing.assert_close(learner.prior.loc, a.prior.loc, rtol=0, atol=0)
 
 
