@@ -37,6 +37,7 @@ config = {
     "meta_iterations": 3000,
     "meta_batch": 25,
     "meta_lr": 1e-3,
+    "inner_optim": "adam",  # in prior-whitened coordinates: θ = m + σ u
     "inner_lr": 0.1,
-    "inner_steps": 5,
+    "inner_steps": 10,
 }

@@ -26,14 +26,18 @@ from pyro_gem.training import load_checkpoint, train
 
 __all__ = ["main", "build_learner"]
 
+#: Inner optimisers by name; each is a PyroOptim built with ``{"lr": inner_lr}``.
+INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
+
 #: Options a model file's ``config`` may set and the CLI may override.
 DEFAULTS = {
     "method": "gem-bml+",
     "meta_iterations": 3000,
     "meta_batch": 25,
     "meta_lr": 1e-3,
+    "inner_optim": "adam",
     "inner_lr": 0.1,
-    "inner_steps": 5,
+    "inner_steps": 10,
     "query_steps": None,
     "guide": "normal",
     "update": "sequential",
@@ -48,9 +52,13 @@ def build_learner(model_file, config: dict) -> GEMBML:
     """The learner a run's options describe, over the model file's model and prior."""
     if config["method"] not in METHODS:
         raise ValueError(f"unknown method {config['method']!r}: choose one of {list(METHODS)}")
+    if config["inner_optim"] not in INNER_OPTIMS:
+        raise ValueError(
+            f"unknown inner optimiser {config['inner_optim']!r}: choose one of {list(INNER_OPTIMS)}"
+        )
     inner = InnerVI(
         guide=config["guide"],
-        optim=pyro.optim.Adam({"lr": config["inner_lr"]}),
+        optim=INNER_OPTIMS[config["inner_optim"]]({"lr": config["inner_lr"]}),
         steps=config["inner_steps"],
         num_particles=config["num_particles"],
     )
@@ -75,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-iterations", type=int)
     t.add_argument("--meta-batch", type=int)
     t.add_argument("--meta-lr", type=float)
+    t.add_argument("--inner-optim", choices=sorted(INNER_OPTIMS))
     t.add_argument("--inner-lr", type=float)
     t.add_argument("--inner-steps", type=int)
     t.add_argument("--query-steps", type=int)
@@ -99,6 +108,8 @@ def _report(scores: dict, out_dir: Path) -> None:
     for step, (mean, ci) in scores["mse"].items():
         print(f"  after {step:>3} inner steps: {mean:.4f} ± {ci:.4f}")
     print(f"  90% predictive interval coverage: {scores['coverage90']:.3f}")
+    if scores["diverged"]:
+        print(f"  {scores['diverged']} tasks diverged in the inner VI and are left out")
     (out_dir / "metatest.json").write_text(json.dumps(scores, indent=2))
 
 

@@ -60,8 +60,9 @@ def meta_test(
     :param obs_site: the model's observation site.
     :param mean_site: a deterministic site holding the noise-free prediction, if the model has one.
     :param chunk: tasks adapted at once (bounds memory).
-    :returns: ``{"mse": {str(step): [mean, ci95]}, "coverage90": float, "num_tasks": T}``; the
-        coverage is for the largest step count.
+    :returns: ``{"mse": {str(step): [mean, ci95]}, "coverage90": float, "num_tasks": T,
+        "diverged": n}``; the coverage is for the largest step count. Tasks whose inner VI
+        diverged (non-finite predictions) are counted in ``diverged`` and left out of the means.
     """
     steps = sorted(set(int(s) for s in steps))
     sq_err: dict[int, list[torch.Tensor]] = {s: [] for s in steps}
@@ -76,8 +77,10 @@ def meta_test(
             if s == max(steps):
                 inside = (target >= summary["lower"]) & (target <= summary["upper"])
                 covered.append(inside.flatten(1).float().mean(1))
+    finite = torch.stack([torch.cat(sq_err[s]).isfinite() for s in steps]).all(0)
     return {
-        "mse": {str(s): mean_ci95(torch.cat(sq_err[s])) for s in steps},
-        "coverage90": torch.cat(covered).mean().item(),
+        "mse": {str(s): mean_ci95(torch.cat(sq_err[s])[finite]) for s in steps},
+        "coverage90": torch.cat(covered)[finite].mean().item(),
         "num_tasks": len(tasks),
+        "diverged": int((~finite).sum()),
     }

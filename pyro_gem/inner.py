@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -261,7 +262,13 @@ class InnerVI:
         # off in the loop (the model was validated when its plates were traced): a task whose
         # VI diverges must turn into non-finite values for that task alone, not an exception
         # that stops every task.
-        with pyro.settings.context(module_local_params=True), pyro.validation_enabled(False):
+        with (
+            pyro.settings.context(module_local_params=True),
+            pyro.validation_enabled(False),
+            warnings.catch_warnings(),
+        ):
+            # A diverged task is reported by the learner (InnerFit.finite), not per SVI step.
+            warnings.filterwarnings("ignore", message="Encountered NaN")
             guide = self.guide_cls(conditioned, init_loc_fn=init_to_mean)
             with torch.no_grad():
                 guide(*args)

@@ -66,8 +66,18 @@ class Posterior:
         n = next(a for a in args if isinstance(a, torch.Tensor)).shape[0]
         if n != self.num_tasks:
             raise ValueError(f"the posterior is over {self.num_tasks} tasks, got inputs for {n}")
+        # A task whose inner VI diverged predicts NaN; its NaN parameters are swapped for finite
+        # ones so that sampling can run for the other tasks.
+        diverged = ~torch.isfinite(self.loc).all(-1)
+        if self.scale is not None:
+            diverged |= ~(torch.isfinite(self.scale).all(-1) & (self.scale > 0).all(-1))
+        state = self.state
+        if diverged.any():
+            state = {
+                k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in state.items()
+            }
         with pyro.settings.context(module_local_params=True), torch.no_grad():
-            self.guide.load_state_dict(self.state)
+            self.guide.load_state_dict(state)
             predictive = Predictive(
                 self.model,
                 guide=self.guide,
@@ -76,6 +86,14 @@ class Posterior:
                 parallel=True,
             )
             draws = predictive(*args, **kwargs)
+        if diverged.any():
+            for value in draws.values():
+                if (
+                    value.is_floating_point()
+                    and value.dim() > 1
+                    and value.shape[1] == self.num_tasks
+                ):
+                    value[:, diverged] = torch.nan
         # The whitened inner VI's auxiliary site is ours, not the user's.
         draws.pop(f"{self.site}_decentered", None)
         return draws

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +135,13 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
+    diverged = 0
     for it in bar:
-        stats = learner.step(tasks.sample(meta_batch, generator))
+        with warnings.catch_warnings():
+            # Diverged tasks are counted in the progress bar and kept in the history instead.
+            warnings.filterwarnings("ignore", message="inner VI diverged")
+            stats = learner.step(tasks.sample(meta_batch, generator))
+        diverged += len(stats.get("nan_tasks", ()))
         stats["iteration"] = it + 1
         if eval_every and (it + 1) % eval_every == 0:
             with torch.random.fork_rng():
@@ -148,6 +154,7 @@ def train(
             objective=f"{stats['meta_objective']:.3g}",
             heldout_mse=f"{last_mse:.3g}",
             sigma=f"{stats['prior_scale_median']:.3g}",
+            diverged=diverged,
             refresh=False,
         )
         if out_dir is not None and (it + 1) % checkpoint_every == 0:

@@ -172,3 +172,15 @@ def test_user_conv_model_with_batchnorm_and_factor_likelihood():
     stats = learner.step(batch)
     assert stats["nan_tasks"] == [] and math.isfinite(stats["meta_objective"])
     assert prior.loc.grad is not None and torch.isfinite(prior.loc.grad).all()
+
+
+def test_meta_test_counts_diverged_tasks_and_keeps_going():
+    model, prior = small_sinusoid()
+    learner = GEMBML(model, prior, inner=InnerVI(steps=2, optim=pyro.optim.Adam({"lr": 0.05})))
+    test = Sinusoid().test_tasks(4)
+    y = test.support[1].clone()
+    y[1] = 3e38
+    bad = TaskBatch((test.support[0], y), test.query)
+    scores = meta_test(learner, bad, steps=(0, 2), num_samples=5)
+    assert scores["diverged"] == 1
+    assert all(math.isfinite(mean) for mean, _ in scores["mse"].values())

@@ -1,0 +1,171 @@
+"""Sinusoid regression: GEM-BML and GEM-BML+ at the paper's budget, in both settings.
+
+Meta-trains each method on the default (MAML) and challenging (BMAML) sinusoid settings with the
+model of ``models/sinusoid.py`` and its inner-VI configuration, then meta-tests on held-out tasks:
+MSE after 0, 1, 5 and 10 inner steps (mean and 95% CI) and the coverage of the 90% predictive
+interval. Writes ``<out>/sinusoid.json`` (results of other methods already in the file are
+kept), ``<out>/sinusoid_mse.png`` (MSE against inner steps, as the paper's Fig. 2a) and
+``<out>/sinusoid_training.png`` (held-out MSE and median prior scale σ over meta-training). The last
+line printed is a JSON summary.
+
+    python benchmarks/sinusoid.py                 # full: 40,000 meta-iterations (hours on 2 cores)
+    python benchmarks/sinusoid.py --quick         # smoke test: a few iterations, a few test tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pyro_gem import Sinusoid, meta_test  # noqa: E402
+from pyro_gem.cli import DEFAULTS, build_learner  # noqa: E402
+from pyro_gem.modelfile import load_model_file  # noqa: E402
+from pyro_gem.training import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = (0, 1, 5, 10)
+
+
+def run_one(method: str, setting: str, args) -> tuple[dict, list[dict], dict]:
+    mf = load_model_file(ROOT / "models" / "sinusoid.py")
+    mf.tasks = Sinusoid(setting, shots=args.shots)
+    config = {**DEFAULTS, **mf.config, "method": method, "seed": args.seed}
+    initial_scale = mf.prior.scale.median().item()
+    learner = build_learner(mf, config)
+    start = time.perf_counter()
+    history = train(
+        learner,
+        mf.tasks,
+        meta_iterations=args.meta_iterations,
+        meta_batch=args.meta_batch,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        eval_tasks=args.eval_tasks,
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    scores = meta_test(learner, mf.tasks.test_tasks(args.test_tasks), steps=STEPS)
+    result = {
+        "mse": scores["mse"],
+        "coverage90": scores["coverage90"],
+        "train_seconds": seconds,
+        "final_prior_scale_median": learner.prior.scale.median().item(),
+    }
+    inner = {
+        "guide": config["guide"],
+        "inner_optim": config["inner_optim"],
+        "inner_lr": config["inner_lr"],
+        "inner_steps": config["inner_steps"],
+        "query_steps": config["query_steps"] or config["inner_steps"],
+        "update": config["update"],
+        "whitened": learner.inner.whiten,
+        "num_particles": config["num_particles"],
+        "likelihood_noise": getattr(mf.module, "noise", None),
+        "initial_prior_scale": initial_scale,
+        "meta_lr": config["meta_lr"],
+    }
+    return result, history, inner
+
+
+def plot(results: dict, histories: dict, out: Path) -> None:
+    settings = list(results)
+    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        for method, res in results[setting].items():
+            steps = sorted(int(s) for s in res["mse"])
+            mean = [res["mse"][str(s)][0] for s in steps]
+            ci = [res["mse"][str(s)][1] for s in steps]
+            ax.errorbar(steps, mean, yerr=ci, marker="o", capsize=3, label=method)
+        ax.set_title(f"sinusoid, {setting}")
+        ax.set_xlabel("inner steps at meta-test")
+        ax.set_ylabel("held-out MSE")
+        ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sinusoid_mse.png", dpi=110)
+    plt.close(fig)
+
+    if not histories:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for (setting, method), history in histories.items():
+        it = [h["iteration"] for h in history]
+        axes[1].plot(it, [h["prior_scale_median"] for h in history], label=f"{method} ({setting})")
+        evals = [(h["iteration"], h["heldout_mse"]) for h in history if "heldout_mse" in h]
+        if evals:
+            axes[0].plot(*zip(*evals, strict=True), marker=".", label=f"{method} ({setting})")
+    axes[0].set_title("held-out MSE during meta-training")
+    axes[0].set_yscale("log")
+    axes[1].set_title("median prior scale σ")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("meta-iteration")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "sinusoid_training.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run: few iterations and tasks")
+    p.add_argument("--methods", nargs="+", default=["gem-bml", "gem-bml+"])
+    p.add_argument("--settings", nargs="+", default=["default", "challenging"])
+    p.add_argument("--meta-iterations", type=int, default=40000)
+    p.add_argument("--meta-batch", type=int, default=25)
+    p.add_argument("--shots", type=int, default=10)
+    p.add_argument("--test-tasks", type=int, default=600)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--eval-tasks", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.meta_iterations, args.test_tasks = 4, 8
+        args.eval_every, args.eval_tasks, args.meta_batch = 2, 4, 5
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / ("sinusoid_quick.json" if args.quick else "sinusoid.json")
+    report = json.loads(path.read_text()) if path.is_file() else {"settings": {}, "results": {}}
+    histories, inner = {}, None
+    for setting in args.settings:
+        for method in args.methods:
+            result, history, inner = run_one(method, setting, args)
+            report["results"].setdefault(setting, {})[method] = result
+            histories[(setting, method)] = history
+            print(f"{setting:>11} {method:>9}: " + json.dumps(result["mse"]), flush=True)
+    report["settings"].update(
+        {
+            "meta_iterations": args.meta_iterations,
+            "meta_batch": args.meta_batch,
+            "shots": args.shots,
+            "test_tasks": args.test_tasks,
+            "seed": args.seed,
+            "network": "MLP 1-40-40-1 ReLU",
+            "inner": {k: v for k, v in inner.items() if v is not None},
+            "threads": torch.get_num_threads(),
+        }
+    )
+    path.write_text(json.dumps(report, indent=2))
+    plot(report["results"], histories, args.out)
+    summary = {
+        f"{setting}/{method}/mse10": res["mse"]["10"][0]
+        for setting, methods in report["results"].items()
+        for method, res in methods.items()
+        if "10" in res["mse"]
+    }
+    summary["results_file"] = str(path)
+    print(json.dumps(summary))
+    return report
+
+
+if __name__ == "__main__":
+    main()
