@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 
 from pyro_gem import InnerVI, Sinusoid
 from pyro_gem.modelfile import load_model_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def floor_inner_vi(prior, x, y, steps, lr, noise):
@@ -78,7 +81,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     pyro.set_rng_seed(0)
-    mf = load_model_file("models/sinusoid.py")
+    mf = load_model_file(ROOT / "models" / "sinusoid.py")
     prior, model = mf.prior, mf.model
     batch = Sinusoid(shots=args.shots).sample(args.tasks, torch.Generator().manual_seed(0))
     x, y = batch.support

@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end in their quick modes (numbers are not checked here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_sinusoid_quick(tmp_path):
+    summary = run("benchmarks/sinusoid.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "sinusoid_quick.json").read_text())
+    for setting in ("default", "challenging"):
+        for method in ("gem-bml", "gem-bml+"):
+            res = report["results"][setting][method]
+            assert set(res["mse"]) == {"0", "1", "5", "10"} and 0 <= res["coverage90"] <= 1
+            assert f"{setting}/{method}/mse10" in summary
+    assert report["settings"]["inner"]["inner_optim"] == "adam"
+    assert (tmp_path / "sinusoid_mse.png").is_file()
+    assert (tmp_path / "sinusoid_training.png").is_file()
+
+
+def test_inner_loop_small():
+    result = run("benchmarks/inner_loop.py", "--tasks", "3", "--steps", "2", "--repeats", "1")
+    assert result["vectorized_speedup"] > 0 and result["overhead_vs_floor"] > 0
