@@ -154,6 +154,13 @@ def plot_tasks(
         ax.set_xlabel("x")
     axes[0][0].legend(fontsize=7, loc="best")
     fig.suptitle(f"{getattr(learner, 'name', '')}: held-out tasks after {post.steps} inner steps")
+    return _finish(fig, path)
+
+
+def _finish(fig, path: str | Path | None):
+    """Return the figure, or save it to ``path``, close it and return the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     if path is None:
         return fig
@@ -183,9 +190,4 @@ def plot_training(history: list[dict], path: str | Path | None = None):
     axes[2].set_title("median prior scale σ")
     for ax in axes:
         ax.set_xlabel("meta-iteration")
-    fig.tight_layout()
-    if path is None:
-        return fig
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, path)
