@@ -34,10 +34,10 @@ tasks = Sinusoid("default", shots=10)
 
 config = {
     "method": "gem-bml+",
-    "meta_iterations": 3000,
+    "meta_iterations": 2000,
     "meta_batch": 25,
     "meta_lr": 1e-3,
     "inner_optim": "adam",  # in prior-whitened coordinates: θ = m + σ u
-    "inner_lr": 0.1,
-    "inner_steps": 10,
+    "inner_lr": 0.2,
+    "inner_steps": 20,
 }

@@ -32,12 +32,12 @@ INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
 #: Options a model file's ``config`` may set and the CLI may override.
 DEFAULTS = {
     "method": "gem-bml+",
-    "meta_iterations": 3000,
+    "meta_iterations": 2000,
     "meta_batch": 25,
     "meta_lr": 1e-3,
     "inner_optim": "adam",
-    "inner_lr": 0.1,
-    "inner_steps": 10,
+    "inner_lr": 0.2,
+    "inner_steps": 20,
     "query_steps": None,
     "guide": "normal",
     "update": "sequential",
