@@ -102,7 +102,7 @@ def plot(results: dict, histories: dict, out: Path) -> None:
         evals = [(h["iteration"], h["heldout_mse"]) for h in history if "heldout_mse" in h]
         if evals:
             axes[0].plot(*zip(*evals, strict=True), marker=".", label=f"{method} ({setting})")
-    axes[0].set_title("held-out MSE during meta-training")
+    axes[0].set_title("held-out MSE during meta-training (training's inner steps)")
     axes[0].set_yscale("log")
     axes[1].set_title("median prior scale σ")
     axes[1].set_yscale("log")
