@@ -36,7 +36,7 @@ from pyro_gem.elbo import MeanFieldELBO
 from pyro_gem.guides import guide_params, resolve_guide, set_guide_params
 from pyro_gem.tasks.base import validate_task_args
 
-__all__ = ["InnerVI", "InnerFit", "PriorSwap", "TasksModel", "plate_nesting"]
+__all__ = ["InnerVI", "InnerFit", "PriorSwap", "TasksModel", "finite_tasks", "plate_nesting"]
 
 
 def plate_nesting(model: Callable, args: Sequence, site: str) -> int:
@@ -144,10 +144,15 @@ class InnerFit:
     @property
     def finite(self) -> torch.Tensor:
         """Per task: whether the fitted parameters are all finite, ``(T,)`` bool."""
-        ok = torch.isfinite(self.loc).all(-1)
-        if self.scale is not None:
-            ok &= torch.isfinite(self.scale).all(-1) & (self.scale > 0).all(-1)
-        return ok
+        return finite_tasks(self.loc, self.scale)
+
+
+def finite_tasks(loc: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Per task: whether a posterior's means (and positive scales) are all finite, ``(T,)``."""
+    ok = torch.isfinite(loc).all(-1)
+    if scale is not None:
+        ok &= torch.isfinite(scale).all(-1) & (scale > 0).all(-1)
+    return ok
 
 
 class InnerVI:

@@ -18,7 +18,7 @@ import pyro
 import torch
 from pyro.infer import Predictive
 
-from pyro_gem.inner import InnerFit
+from pyro_gem.inner import InnerFit, finite_tasks
 
 __all__ = ["Posterior"]
 
@@ -68,9 +68,7 @@ class Posterior:
             raise ValueError(f"the posterior is over {self.num_tasks} tasks, got inputs for {n}")
         # A task whose inner VI diverged predicts NaN; its NaN parameters are swapped for finite
         # ones so that sampling can run for the other tasks.
-        diverged = ~torch.isfinite(self.loc).all(-1)
-        if self.scale is not None:
-            diverged |= ~(torch.isfinite(self.scale).all(-1) & (self.scale > 0).all(-1))
+        diverged = ~finite_tasks(self.loc, self.scale)
         state = self.state
         if diverged.any():
             state = {
@@ -97,8 +95,3 @@ class Posterior:
         # The whitened inner VI's auxiliary site is ours, not the user's.
         draws.pop(f"{self.site}_decentered", None)
         return draws
-
-    def sample_weights(self, num_samples: int, generator: torch.Generator | None = None):
-        """Draws of θ from q, ``(num_samples, T, D)``."""
-        eps = torch.randn((num_samples,) + self.loc.shape, generator=generator)
-        return self.loc if self.scale is None else self.loc + self.scale * eps
