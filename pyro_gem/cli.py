@@ -113,9 +113,11 @@ def _report(scores: dict, out_dir: Path) -> None:
     (out_dir / "metatest.json").write_text(json.dumps(scores, indent=2))
 
 
-def _meta_test_and_plot(learner, mf, config: dict, out_dir: Path) -> dict:
-    from pyro_gem.diagnostics import plot_tasks
+def _meta_test_and_plot(learner, mf, config: dict, out_dir: Path, history: list[dict]) -> dict:
+    from pyro_gem.diagnostics import plot_tasks, plot_training
 
+    if history:
+        print(f"wrote {plot_training(history, out_dir / 'training.png')}")
     heldout = mf.tasks.test_tasks(config["test_tasks"])
     scores = meta_test(learner, heldout, steps=config["eval_steps"])
     _report(scores, out_dir)
@@ -147,7 +149,7 @@ def _train(args) -> int:
                 "continues the same run, so they must match"
             )
     learner = build_learner(mf, config)
-    train(
+    history = train(
         learner,
         mf.tasks,
         meta_iterations=config["meta_iterations"],
@@ -159,12 +161,12 @@ def _train(args) -> int:
         progress=not args.no_progress,
     )
     print(f"checkpoint: {out / 'checkpoint.pt'}")
-    _meta_test_and_plot(learner, mf, config, out)
+    _meta_test_and_plot(learner, mf, config, out, history)
     return 0
 
 
 def _evaluate(args) -> int:
-    state, config, _ = load_checkpoint(args.run_dir)
+    state, config, history = load_checkpoint(args.run_dir)
     mf = load_model_file(args.model_file or config["model_file"])
     if args.test_tasks is not None:
         config["test_tasks"] = args.test_tasks
@@ -173,7 +175,7 @@ def _evaluate(args) -> int:
     learner = build_learner(mf, config)
     learner.load_state_dict(state["learner"])
     print(f"{config['method']} after {state['iteration']} meta-iterations")
-    _meta_test_and_plot(learner, mf, config, args.run_dir)
+    _meta_test_and_plot(learner, mf, config, args.run_dir, history)
     return 0
 
 

@@ -59,6 +59,7 @@ def test_train_evaluate_and_resume(tiny_model, tmp_path, capsys):
     for steps in (0, 1, 5, 10):
         assert f"after {steps:>3} inner steps" in printed
     assert (out / "tasks.png").stat().st_size > 1000
+    assert (out / "training.png").stat().st_size > 1000  # objective, held-out MSE, prior scale
     scores = json.loads((out / "metatest.json").read_text())
     assert set(scores["mse"]) == {"0", "1", "5", "10"}
     config = json.loads((out / "config.json").read_text())
