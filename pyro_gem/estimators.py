@@ -1,4 +1,7 @@
-"""Meta-gradient estimators. Gradient-EM: the prior's gradient in closed form from posteriors.
+"""Meta-gradient estimators: Gradient-EM, and the SGD inner loop that backpropagation-based
+baselines (MAML) differentiate through.
+
+Gradient-EM gives the prior's gradient in closed form from posteriors.
 
 Theorem (Gradient-EM): ∇_Θ L(Θ; D) = E_{θ ~ P(θ|D;Θ)} ∇_Θ log P(θ; Θ). With the posterior replaced
 by q = N(μ, diag ν²) and the prior N(m, diag σ²), σ = exp(s), per weight:
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gem_gradient", "gem_plus_gradient", "GradientEM"]
+__all__ = ["gem_gradient", "gem_plus_gradient", "GradientEM", "sgd_adapt"]
 
 Posterior = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -79,3 +82,26 @@ class GradientEM:
         if self.plus:
             return gem_plus_gradient(loc, log_scale, joint, support)
         return gem_gradient(loc, log_scale, *joint)
+
+
+def sgd_adapt(
+    log_likelihood, theta: torch.Tensor, steps: int, lr: float, create_graph: bool
+) -> torch.Tensor:
+    """K steps of gradient ascent on each task's log-likelihood, differentiable if asked.
+
+    The point-estimate inner loop of MAML, first-order MAML and Reptile:
+    θ ← θ + lr ∇_θ log P(D_τ | θ), for every task at once.
+
+    :param log_likelihood: ``theta (T, D) -> (T,)``.
+    :param theta: the starting weights ``(T, D)``; with ``create_graph`` they may carry a graph
+        to the meta-parameters (second-order MAML backpropagates through every step).
+    :param create_graph: keep the graph of each step (second order) or not (first order).
+    """
+    for _ in range(steps):
+        if not theta.requires_grad:
+            theta = theta.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(log_likelihood(theta).sum(), theta, create_graph=create_graph)
+        theta = theta + lr * grad
+        if not create_graph:
+            theta = theta.detach()
+    return theta
