@@ -25,7 +25,7 @@ import pyro
 import torch
 
 from pyro_gem import meta_test
-from pyro_gem.cli import DEFAULTS, build_learner
+from pyro_gem.cli import build_learner, resolve_config
 from pyro_gem.modelfile import load_model_file
 from pyro_gem.training import train
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str]) -> dict:
     mf = load_model_file(ROOT / "models" / "sinusoid.py")
-    config = {**DEFAULTS, **mf.config}
+    config = resolve_config(mf.config)
     extra = {
         "noise": mf.module.noise,
         "init_scale": 0.01,

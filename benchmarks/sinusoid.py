@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_gem import Sinusoid, meta_test  # noqa: E402
-from pyro_gem.cli import DEFAULTS, build_learner  # noqa: E402
+from pyro_gem.cli import build_learner, resolve_config  # noqa: E402
 from pyro_gem.modelfile import load_model_file  # noqa: E402
 from pyro_gem.training import train  # noqa: E402
 
@@ -37,7 +37,7 @@ STEPS = (0, 1, 5, 10)
 def run_one(method: str, setting: str, args) -> tuple[dict, list[dict], dict]:
     mf = load_model_file(ROOT / "models" / "sinusoid.py")
     mf.tasks = Sinusoid(setting, shots=args.shots)
-    config = {**DEFAULTS, **mf.config, "method": method, "seed": args.seed}
+    config = resolve_config(mf.config, {"method": method, "seed": args.seed})
     initial_scale = mf.prior.scale.median().item()
     learner = build_learner(mf, config)
     start = time.perf_counter()
@@ -67,6 +67,7 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict], dict]:
         "query_steps": config["query_steps"] or config["inner_steps"],
         "update": config["update"],
         "whitened": learner.inner.whiten,
+        "method_config": {k: config[k] for k in ("inner_optim", "inner_lr", "inner_steps")},
         "num_particles": config["num_particles"],
         "likelihood_noise": getattr(mf.module, "noise", None),
         "initial_prior_scale": initial_scale,

@@ -22,9 +22,10 @@ from pyro_gem.evaluation import meta_test
 from pyro_gem.inner import InnerVI
 from pyro_gem.learners import GEMBML, METHODS
 from pyro_gem.modelfile import load_model_file
+from pyro_gem.point_estimate import MAML, Reptile
 from pyro_gem.training import load_checkpoint, train
 
-__all__ = ["main", "build_learner"]
+__all__ = ["main", "build_learner", "resolve_config"]
 
 #: Inner optimisers by name; each is a PyroOptim built with ``{"lr": inner_lr}``.
 INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
@@ -48,13 +49,43 @@ DEFAULTS = {
 }
 
 
-def build_learner(model_file, config: dict) -> GEMBML:
+def resolve_config(file_config: dict, overrides: dict | None = None) -> dict:
+    """A run's options: DEFAULTS < the model file's ``config`` < its ``config["methods"][method]``
+    (per-method settings, e.g. MAML's step size) < ``overrides`` (the CLI's flags; ``None``
+    values are ignored)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    config = {**DEFAULTS, **{k: v for k, v in file_config.items() if k != "methods"}}
+    method = overrides.get("method", config["method"])
+    config.update(file_config.get("methods", {}).get(method, {}))
+    config.update(overrides)
+    return config
+
+
+def build_learner(model_file, config: dict):
     """The learner a run's options describe, over the model file's model and prior."""
-    if config["method"] not in METHODS:
-        raise ValueError(f"unknown method {config['method']!r}: choose one of {list(METHODS)}")
+    method = config["method"]
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {list(METHODS)}")
     if config["inner_optim"] not in INNER_OPTIMS:
         raise ValueError(
             f"unknown inner optimiser {config['inner_optim']!r}: choose one of {list(INNER_OPTIMS)}"
+        )
+    if method in ("maml", "fomaml", "reptile"):
+        if config["inner_optim"] != "sgd":
+            raise ValueError(
+                f"{method} differentiates or averages plain SGD inner steps: set inner_optim to "
+                f"'sgd' (got {config['inner_optim']!r})"
+            )
+        meta_optim = torch.optim.Adam([model_file.prior.loc], lr=config["meta_lr"])
+        kwargs = {"inner_lr": config["inner_lr"], "inner_steps": config["inner_steps"]}
+        if method == "reptile":
+            return Reptile(model_file.model, model_file.prior, meta_optim, **kwargs)
+        return MAML(
+            model_file.model,
+            model_file.prior,
+            meta_optim,
+            first_order=method == "fomaml",
+            **kwargs,
         )
     inner = InnerVI(
         guide=config["guide"],
@@ -129,11 +160,7 @@ def _meta_test_and_plot(learner, mf, config: dict, out_dir: Path, history: list[
 
 def _train(args) -> int:
     mf = load_model_file(args.model_file)
-    config = {**DEFAULTS, **mf.config}
-    for key in DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None:
-            config[key] = value
+    config = resolve_config(mf.config, {key: getattr(args, key, None) for key in DEFAULTS})
     config["model_file"] = str(args.model_file.resolve())
     out = args.out
     if args.resume and (out / "config.json").is_file():

@@ -34,8 +34,9 @@ from pyro_gem.tasks.base import TaskBatch, validate_task_args
 
 __all__ = ["GEMBML", "METHODS"]
 
-#: Method names as the CLI and the benchmarks spell them.
-METHODS = ("gem-bml", "gem-bml+")
+#: Method names as the CLI and the benchmarks spell them (MAML, first-order MAML and Reptile
+#: live in :mod:`pyro_gem.point_estimate`).
+METHODS = ("gem-bml", "gem-bml+", "maml", "fomaml", "reptile")
 
 
 class GEMBML:
