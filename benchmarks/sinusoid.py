@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = (0, 1, 5, 10)
 
 
-def run_one(method: str, setting: str, args) -> tuple[dict, list[dict], dict]:
+def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
     mf = load_model_file(ROOT / "models" / "sinusoid.py")
     mf.tasks = Sinusoid(setting, shots=args.shots)
     config = resolve_config(mf.config, {"method": method, "seed": args.seed})
@@ -67,13 +67,13 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict], dict]:
         "query_steps": config["query_steps"] or config["inner_steps"],
         "update": config["update"],
         "whitened": learner.inner.whiten,
-        "method_config": {k: config[k] for k in ("inner_optim", "inner_lr", "inner_steps")},
         "num_particles": config["num_particles"],
         "likelihood_noise": getattr(mf.module, "noise", None),
         "initial_prior_scale": initial_scale,
         "meta_lr": config["meta_lr"],
     }
-    return result, history, inner
+    result["config"] = inner
+    return result, history
 
 
 def plot(results: dict, histories: dict, out: Path) -> None:
@@ -139,10 +139,10 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("sinusoid_quick.json" if args.quick else "sinusoid.json")
     report = json.loads(path.read_text()) if path.is_file() else {"settings": {}, "results": {}}
-    histories, inner = {}, None
+    histories = {}
     for setting in args.settings:
         for method in args.methods:
-            result, history, inner = run_one(method, setting, args)
+            result, history = run_one(method, setting, args)
             report["results"].setdefault(setting, {})[method] = result
             histories[(setting, method)] = history
             print(f"{setting:>11} {method:>9}: " + json.dumps(result["mse"]), flush=True)
@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
             "test_tasks": args.test_tasks,
             "seed": args.seed,
             "network": "MLP 1-40-40-1 ReLU",
-            "inner": {k: v for k, v in inner.items() if v is not None},
+            "model_file": "models/sinusoid.py (each result's 'config' holds its inner-loop settings)",
             "threads": torch.get_num_threads(),
         }
     )

@@ -24,7 +24,7 @@ def test_sinusoid_quick(tmp_path):
             res = report["results"][setting][method]
             assert set(res["mse"]) == {"0", "1", "5", "10"} and 0 <= res["coverage90"] <= 1
             assert f"{setting}/{method}/mse10" in summary
-    assert report["settings"]["inner"]["inner_optim"] == "adam"
+    assert report["results"]["default"]["gem-bml+"]["config"]["inner_optim"] == "adam"
     assert (tmp_path / "sinusoid_mse.png").is_file()
     assert (tmp_path / "sinusoid_training.png").is_file()
 
