@@ -32,3 +32,9 @@ def test_sinusoid_quick(tmp_path):
 def test_inner_loop_small():
     result = run("benchmarks/inner_loop.py", "--tasks", "3", "--steps", "2", "--repeats", "1")
     assert result["vectorized_speedup"] > 0 and result["overhead_vs_floor"] > 0
+
+
+def test_maml_reference_small():
+    result = run("benchmarks/maml_reference.py", "--meta-iterations", "3", "--test-tasks", "5")
+    assert set(result["reference_mse"]) == set(result["pyro_gem_maml_mse"]) == {"1", "5", "10"}
+    assert result["pyro_gem_vs_reference_time"] > 0
