@@ -61,8 +61,8 @@ def reference_maml(tasks, iterations, batch, alpha, steps, meta_lr, seed):
 
 def reference_scores(net, params, adapt, test, ks=(1, 5, 10)):
     scores = {}
+    p = {n: v.detach() for n, v in params.items()}
     for k in ks:
-        p = {n: v.detach() for n, v in params.items()}
         fit = vmap(lambda xs, ys, k=k: adapt(p, xs, ys, k))(*test.support)
         pred = vmap(lambda q, xq: functional_call(net, q, (xq,)))(fit, test.query[0]).squeeze(-1)
         scores[str(k)] = mean_ci95((pred - test.query[1]).square().mean(1))
