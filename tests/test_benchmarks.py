@@ -38,3 +38,10 @@ def test_maml_reference_small():
     result = run("benchmarks/maml_reference.py", "--meta-iterations", "3", "--test-tasks", "5")
     assert set(result["reference_mse"]) == set(result["pyro_gem_maml_mse"]) == {"1", "5", "10"}
     assert result["pyro_gem_vs_reference_time"] > 0
+
+
+def test_cost_quick(tmp_path):
+    summary = run("benchmarks/cost.py", "--quick", "--out", str(tmp_path))
+    for key in ("gem_plus_mem_growth", "maml_mem_growth", "gem_plus_vs_maml_time_at_100"):
+        assert summary[key] > 0
+    assert (tmp_path / "cost_quick.json").is_file() and (tmp_path / "cost.png").is_file()

@@ -1,0 +1,190 @@
+"""Cost of one meta-iteration against the number of inner steps (the paper's Fig. 2b).
+
+For every method and inner-step count, a fresh subprocess builds the model and learner, records
+its peak RSS (the baseline after imports and set-up), runs two meta-iterations, and reports the
+wall time of the second and the peak RSS above the baseline. Gradient-EM needs only the final guide
+parameters, so its memory should stay flat; MAML keeps the graph of every inner step.
+
+Models: the sinusoid MLP 1-40-40-1 (meta-batch 25, K = 10) and Conv4 (4 × [3×3 conv 32,
+BatchNorm, ReLU, 2×2 pool]) on 5-way 1-shot episodes of 84×84 RGB images (random pixels; 15 query
+images per class; meta-batch 4; ``--quick``: meta-batch 1, 3 query images per class). Writes ``<out>/cost.json`` and ``<out>/cost.png``; the last line
+printed is the JSON summary.
+
+    python benchmarks/cost.py                 # every method, steps 1 … 100, both models
+    python benchmarks/cost.py --quick         # Conv4, steps {1, 100}, GEM-BML+ and MAML
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = (1, 2, 5, 10, 25, 50, 100)
+METHODS = ("gem-bml", "gem-bml+", "maml", "fomaml", "reptile")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _conv4_setup(meta_batch: int, query_per_class: int):
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from torch import nn
+
+    from pyro_gem import GaussianPrior, TaskBatch
+
+    layers, c_in = [], 3
+    for _ in range(4):
+        layers += [
+            nn.Conv2d(c_in, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+        c_in = 32
+    net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 5 * 5, 5))
+    prior = GaussianPrior(net, init_scale=0.01)
+
+    def model(images, labels=None):
+        logits = prior.sample_net()(images)
+        with pyro.plate("data", images.shape[-4], dim=-1):
+            pyro.sample("labels", dist.Categorical(logits=logits), obs=labels)
+
+    gen = torch.Generator().manual_seed(0)
+
+    def batch():
+        support = torch.randn(meta_batch, 5, 3, 84, 84, generator=gen)
+        query = torch.randn(meta_batch, 5 * query_per_class, 3, 84, 84, generator=gen)
+        return TaskBatch(
+            (support, torch.arange(5).repeat(meta_batch, 1)),
+            (query, torch.arange(5).repeat(meta_batch, query_per_class)),
+        )
+
+    return model, prior, batch
+
+
+def worker(model_name: str, method: str, steps: int, meta_batch: int, query: int) -> dict:
+    import torch
+
+    from pyro_gem.cli import build_learner, resolve_config
+    from pyro_gem.modelfile import load_model_file
+
+    torch.set_num_threads(1)
+    mf = load_model_file(ROOT / "models" / "sinusoid.py")
+    config = resolve_config(mf.config, {"method": method, "inner_steps": steps})
+    if model_name == "conv4":
+        model, prior, make_batch = _conv4_setup(meta_batch, query)
+        mf.model, mf.prior = model, prior
+    else:
+        gen = torch.Generator().manual_seed(0)
+
+        def make_batch():
+            return mf.tasks.sample(meta_batch, gen)
+
+    learner = build_learner(mf, config)
+    batches = [make_batch(), make_batch()]
+    baseline = _peak_rss_mib()
+    learner.step(batches[0])
+    start = time.perf_counter()
+    learner.step(batches[1])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mib": _peak_rss_mib() - baseline}
+
+
+def measure(model_name: str, method: str, steps: int, meta_batch: int, query: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", model_name, method]
+    cmd += [str(steps), str(meta_batch), str(query)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{model_name}/{method}/{steps}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results)
+    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 6.5), squeeze=False)
+    for j, model_name in enumerate(models):
+        for method, by_steps in results[model_name].items():
+            steps = sorted(int(s) for s in by_steps)
+            for i, key in enumerate(("seconds", "peak_mib")):
+                axes[i][j].plot(
+                    steps, [by_steps[str(s)][key] for s in steps], marker="o", label=method
+                )
+        axes[0][j].set_title(f"{model_name}: time per meta-iteration (s)")
+        axes[1][j].set_title(f"{model_name}: peak memory above baseline (MiB)")
+        for i in range(2):
+            axes[i][j].set_xscale("log")
+            axes[i][j].set_xlabel("inner steps")
+            axes[i][j].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "cost.png", dpi=110)
+    plt.close(fig)
+
+
+def _ratio(results, model_name, a, b, key, steps_a, steps_b=None):
+    try:
+        ra = results[model_name][a][str(steps_a)][key]
+        rb = results[model_name][b][str(steps_b or steps_a)][key]
+    except KeyError:
+        return None
+    return ra / rb if rb > 0 else None
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--worker", nargs=5, metavar=("MODEL", "METHOD", "STEPS", "BATCH", "QUERY"))
+    args = p.parse_args(argv)
+    if args.worker:
+        model_name, method, steps, batch, query = args.worker
+        result = worker(model_name, method, int(steps), int(batch), int(query))
+        print(json.dumps(result))
+        return result
+    # model: (methods, inner steps, meta-batch, query images per class)
+    if args.quick:
+        plan = {"conv4": (("gem-bml+", "maml"), (1, 100), 1, 3)}
+    else:
+        plan = {"mlp": (METHODS, STEPS, 25, 10), "conv4": (METHODS, STEPS, 4, 15)}
+    results: dict = {}
+    for model_name, (methods, steps_list, batch, query) in plan.items():
+        for method in methods:
+            for steps in steps_list:
+                r = measure(model_name, method, steps, batch, query)
+                results.setdefault(model_name, {}).setdefault(method, {})[str(steps)] = r
+                print(f"{model_name:>5} {method:>8} {steps:>3} steps: {json.dumps(r)}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "cost_quick" if args.quick else "cost"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out)
+    last = max(int(s) for s in next(iter(results["conv4"].values())))
+    summary = {
+        "gem_plus_mem_growth": _ratio(
+            results, "conv4", "gem-bml+", "gem-bml+", "peak_mib", last, 1
+        ),
+        "maml_mem_growth": _ratio(results, "conv4", "maml", "maml", "peak_mib", last, 1),
+        f"gem_plus_vs_maml_time_at_{last}": _ratio(
+            results, "conv4", "gem-bml+", "maml", "seconds", last
+        ),
+        f"gem_plus_vs_abml_time_at_{last}": None,  # ABML is not implemented yet (issue 3)
+        "note": "peak RSS above each fresh process's baseline; memory growth = at most steps / at 1",
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
