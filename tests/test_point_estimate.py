@@ -28,6 +28,12 @@ def batch64(num_tasks=3):
     return TaskBatch(tuple(a.double() for a in b.support), tuple(a.double() for a in b.query))
 
 
+def frozen_maml(model, prior, steps, first_order=False):
+    """A MAML learner whose meta-step leaves m in place (lr 0), to read its gradient."""
+    optim = torch.optim.SGD([prior.loc], lr=0.0)
+    return MAML(model, prior, optim, inner_lr=0.05, inner_steps=steps, first_order=first_order)
+
+
 def manual_adapt(learner, args, steps, lr):
     """The inner loop written out: θ ← θ + lr ∇ log-likelihood, one task at a time."""
     thetas = []
@@ -45,7 +51,7 @@ def manual_adapt(learner, args, steps, lr):
 def test_maml_meta_gradient_matches_finite_differences():
     torch.set_default_dtype(torch.float64)
     model, prior = tiny()
-    learner = MAML(model, prior, torch.optim.SGD([prior.loc], lr=0.0), inner_lr=0.05, inner_steps=3)
+    learner = frozen_maml(model, prior, steps=3)
     batch = batch64()
     learner.step(batch)
     grad = prior.loc.grad.clone()
@@ -63,14 +69,7 @@ def test_maml_meta_gradient_matches_finite_differences():
         fd = (loss(m0 + e) - loss(m0 - e)) / (2 * eps)
         assert fd == pytest.approx(grad[i].item(), rel=1e-5, abs=1e-7)
     # Second-order terms matter here: the first-order gradient differs.
-    fo = MAML(
-        model,
-        prior,
-        torch.optim.SGD([prior.loc], lr=0.0),
-        inner_lr=0.05,
-        inner_steps=3,
-        first_order=True,
-    )
+    fo = frozen_maml(model, prior, steps=3, first_order=True)
     with torch.no_grad():
         prior.loc.copy_(m0)
     fo.step(batch)
@@ -81,14 +80,7 @@ def test_first_order_maml_and_reptile_closed_forms():
     torch.set_default_dtype(torch.float64)
     model, prior = tiny()
     batch = batch64()
-    fo = MAML(
-        model,
-        prior,
-        torch.optim.SGD([prior.loc], lr=0.0),
-        inner_lr=0.05,
-        inner_steps=2,
-        first_order=True,
-    )
+    fo = frozen_maml(model, prior, steps=2, first_order=True)
     fo.step(batch)
     theta = manual_adapt(fo, batch.support, 2, 0.05).requires_grad_()
     (g,) = torch.autograd.grad(-fo.log_likelihood(batch.query)(theta).mean(), theta)
