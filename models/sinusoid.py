@@ -34,7 +34,7 @@ tasks = Sinusoid("default", shots=10)
 
 config = {
     "method": "gem-bml+",
-    "meta_iterations": 2000,
+    "meta_iterations": 1500,
     "meta_batch": 25,
     "meta_lr": 1e-3,
     "inner_optim": "adam",  # in prior-whitened coordinates: θ = m + σ u

@@ -33,7 +33,7 @@ INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
 #: Options a model file's ``config`` may set and the CLI may override.
 DEFAULTS = {
     "method": "gem-bml+",
-    "meta_iterations": 2000,
+    "meta_iterations": 1500,
     "meta_batch": 25,
     "meta_lr": 1e-3,
     "inner_optim": "adam",
