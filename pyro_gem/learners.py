@@ -32,14 +32,51 @@ from pyro_gem.posterior import Posterior
 from pyro_gem.priors import GaussianPrior
 from pyro_gem.tasks.base import TaskBatch, validate_task_args
 
-__all__ = ["GEMBML", "METHODS"]
+__all__ = ["GEMBML", "METHODS", "MetaLearner"]
 
 #: Method names as the CLI and the benchmarks spell them (MAML, first-order MAML and Reptile
 #: live in :mod:`pyro_gem.point_estimate`).
 METHODS = ("gem-bml", "gem-bml+", "maml", "fomaml", "reptile")
 
 
-class GEMBML:
+class MetaLearner:
+    """What every learner shares: the model, the learnable prior, the meta-optimiser, the
+    model's plate nesting (traced once) and the state a checkpoint holds.
+
+    :param meta_params: ``prior -> parameters`` that the default meta-optimiser (Adam 1e-3) steps.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        prior: GaussianPrior,
+        meta_optim: torch.optim.Optimizer | None,
+        meta_params: Callable[[GaussianPrior], Sequence[torch.Tensor]],
+    ):
+        if not isinstance(prior, GaussianPrior):
+            raise ValueError(f"prior must be a GaussianPrior, got {type(prior).__name__}")
+        self.model = model
+        self.prior = prior
+        self.meta_optim = (
+            torch.optim.Adam(meta_params(prior), lr=1e-3) if meta_optim is None else meta_optim
+        )
+        self._nesting: int | None = None
+
+    def nesting(self, args: Sequence) -> int:
+        """The model's plate nesting (traced once, then cached); checks the prior site exists."""
+        if self._nesting is None:
+            self._nesting = plate_nesting(self.model, args, self.prior.name)
+        return self._nesting
+
+    def state_dict(self) -> dict:
+        return {"prior": self.prior.state_dict(), "meta_optim": self.meta_optim.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prior.load_state_dict(state["prior"])
+        self.meta_optim.load_state_dict(state["meta_optim"])
+
+
+class GEMBML(MetaLearner):
     """GEM-BML (L[1]) and GEM-BML+ (L[2]) with task-vectorised Pyro SVI in the inner loop.
 
     :param model: a single-task Pyro model that draws the network weights from ``prior``.
@@ -62,30 +99,17 @@ class GEMBML:
         query_steps: int | None = None,
         update: str = "sequential",
     ):
-        if not isinstance(prior, GaussianPrior):
-            raise ValueError(f"prior must be a GaussianPrior, got {type(prior).__name__}")
         if update not in ("sequential", "joint"):
             raise ValueError(f"update must be 'sequential' or 'joint', got {update!r}")
-        self.model = model
-        self.prior = prior
-        self.meta_optim = (
-            torch.optim.Adam(prior.parameters(), lr=1e-3) if meta_optim is None else meta_optim
-        )
+        super().__init__(model, prior, meta_optim, lambda p: list(p.parameters()))
         self.inner = InnerVI() if inner is None else inner
         self.query_steps = self.inner.steps if query_steps is None else int(query_steps)
         self.update = update
         self.estimator = GradientEM(plus=plus)
-        self._nesting: int | None = None
 
     @property
     def name(self) -> str:
         return "gem-bml+" if self.estimator.plus else "gem-bml"
-
-    def nesting(self, args: Sequence) -> int:
-        """The model's plate nesting (traced once, then cached); checks the prior site exists."""
-        if self._nesting is None:
-            self._nesting = plate_nesting(self.model, args, self.prior.name)
-        return self._nesting
 
     def _prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prior.loc.detach(), self.prior.scale.detach()
@@ -180,13 +204,6 @@ class GEMBML:
             nesting=nesting,
         )
         return Posterior(fit, self.prior.name, self.inner.steps if steps is None else steps)
-
-    def state_dict(self) -> dict:
-        return {"prior": self.prior.state_dict(), "meta_optim": self.meta_optim.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.prior.load_state_dict(state["prior"])
-        self.meta_optim.load_state_dict(state["meta_optim"])
 
 
 def _last(losses: list[float], factor: float) -> float:

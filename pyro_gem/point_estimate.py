@@ -27,7 +27,8 @@ import pyro
 import torch
 
 from pyro_gem.estimators import sgd_adapt
-from pyro_gem.inner import InnerVI, plate_nesting
+from pyro_gem.inner import InnerVI
+from pyro_gem.learners import MetaLearner
 from pyro_gem.objectives import task_log_likelihood
 from pyro_gem.posterior import Posterior
 from pyro_gem.priors import GaussianPrior
@@ -40,7 +41,7 @@ __all__ = ["MAML", "Reptile"]
 _FLAT_PRIOR_SCALE = 1e4
 
 
-class _PointEstimateLearner:
+class _PointEstimateLearner(MetaLearner):
     name = "point-estimate"
 
     def __init__(
@@ -52,15 +53,9 @@ class _PointEstimateLearner:
         inner_lr: float = 1e-3,
         inner_steps: int = 1,
     ):
-        if not isinstance(prior, GaussianPrior):
-            raise ValueError(f"prior must be a GaussianPrior, got {type(prior).__name__}")
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
-        self.model = model
-        self.prior = prior
-        self.meta_optim = (
-            torch.optim.Adam([prior.loc], lr=1e-3) if meta_optim is None else meta_optim
-        )
+        super().__init__(model, prior, meta_optim, lambda p: [p.loc])
         self.inner_lr = float(inner_lr)
         # The same steps through Pyro SVI with a delta guide, for adapt() and predictions.
         self.inner = InnerVI(
@@ -69,12 +64,6 @@ class _PointEstimateLearner:
             steps=inner_steps,
             whiten=False,
         )
-        self._nesting: int | None = None
-
-    def nesting(self, args: Sequence) -> int:
-        if self._nesting is None:
-            self._nesting = plate_nesting(self.model, args, self.prior.name)
-        return self._nesting
 
     def log_likelihood(self, args: Sequence):
         """``theta (T, D) -> log P(D_τ | θ_τ)`` for the tasks in ``args``."""
@@ -111,13 +100,6 @@ class _PointEstimateLearner:
         stats["prior_scale_median"] = self.prior.scale.median().item()
         stats.setdefault("nan_tasks", [])
         return stats
-
-    def state_dict(self) -> dict:
-        return {"prior": self.prior.state_dict(), "meta_optim": self.meta_optim.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.prior.load_state_dict(state["prior"])
-        self.meta_optim.load_state_dict(state["meta_optim"])
 
 
 class MAML(_PointEstimateLearner):
