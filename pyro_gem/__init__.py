@@ -12,7 +12,8 @@ Example::
 from pyro_gem.estimators import GradientEM, gem_gradient, gem_plus_gradient
 from pyro_gem.evaluation import meta_test
 from pyro_gem.inner import InnerVI
-from pyro_gem.learners import GEMBML, METHODS
+from pyro_gem.learners import GEMBML
+from pyro_gem.methods import METHOD_TABLE, METHODS
 from pyro_gem.nn import FunctionalNet
 from pyro_gem.posterior import Posterior
 from pyro_gem.priors import GaussianPrior
@@ -21,6 +22,7 @@ from pyro_gem.tasks import Sinusoid, TaskBatch
 __all__ = [
     "GEMBML",
     "METHODS",
+    "METHOD_TABLE",
     "FunctionalNet",
     "GaussianPrior",
     "GradientEM",

@@ -15,20 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-import pyro
-import torch
-
 from pyro_gem.evaluation import meta_test
-from pyro_gem.inner import InnerVI
-from pyro_gem.learners import GEMBML, METHODS
+from pyro_gem.methods import INNER_OPTIMS, METHODS, build
 from pyro_gem.modelfile import load_model_file
-from pyro_gem.point_estimate import MAML, Reptile
 from pyro_gem.training import load_checkpoint, train
 
 __all__ = ["main", "build_learner", "resolve_config"]
-
-#: Inner optimisers by name; each is a PyroOptim built with ``{"lr": inner_lr}``.
-INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
 
 #: Options a model file's ``config`` may set and the CLI may override.
 DEFAULTS = {
@@ -43,6 +35,8 @@ DEFAULTS = {
     "guide": "normal",
     "update": "sequential",
     "num_particles": 1,
+    "reg": 1.0,
+    "cg_steps": 5,
     "seed": 0,
     "test_tasks": 600,
     "eval_steps": [0, 1, 5, 10],
@@ -63,46 +57,7 @@ def resolve_config(file_config: dict, overrides: dict | None = None) -> dict:
 
 def build_learner(model_file, config: dict):
     """The learner a run's options describe, over the model file's model and prior."""
-    method = config["method"]
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: choose one of {list(METHODS)}")
-    if config["inner_optim"] not in INNER_OPTIMS:
-        raise ValueError(
-            f"unknown inner optimiser {config['inner_optim']!r}: choose one of {list(INNER_OPTIMS)}"
-        )
-    if method in ("maml", "fomaml", "reptile"):
-        if config["inner_optim"] != "sgd":
-            raise ValueError(
-                f"{method} differentiates or averages plain SGD inner steps: set inner_optim to "
-                f"'sgd' (got {config['inner_optim']!r})"
-            )
-        meta_optim = torch.optim.Adam([model_file.prior.loc], lr=config["meta_lr"])
-        kwargs = {"inner_lr": config["inner_lr"], "inner_steps": config["inner_steps"]}
-        if method == "reptile":
-            return Reptile(model_file.model, model_file.prior, meta_optim, **kwargs)
-        return MAML(
-            model_file.model,
-            model_file.prior,
-            meta_optim,
-            first_order=method == "fomaml",
-            **kwargs,
-        )
-    inner = InnerVI(
-        guide=config["guide"],
-        optim=INNER_OPTIMS[config["inner_optim"]]({"lr": config["inner_lr"]}),
-        steps=config["inner_steps"],
-        num_particles=config["num_particles"],
-    )
-    meta_optim = torch.optim.Adam(model_file.prior.parameters(), lr=config["meta_lr"])
-    return GEMBML(
-        model_file.model,
-        model_file.prior,
-        meta_optim,
-        plus=config["method"] == "gem-bml+",
-        inner=inner,
-        query_steps=config["query_steps"],
-        update=config["update"],
-    )
+    return build(config["method"], model_file.model, model_file.prior, config)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,7 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--query-steps", type=int)
     t.add_argument("--guide", choices=["normal", "delta"])
     t.add_argument("--update", choices=["sequential", "joint"])
-    t.add_argument("--num-particles", type=int)
+    t.add_argument(
+        "--num-particles", type=int, help="Monte Carlo draws per ELBO; BMAML: SVGD particles"
+    )
+    t.add_argument("--reg", type=float, help="iMAML's proximal strength λ")
+    t.add_argument("--cg-steps", type=int, help="iMAML's conjugate-gradient iterations")
     t.add_argument("--seed", type=int)
     t.add_argument("--test-tasks", type=int, help="held-out tasks in the final meta-test")
     t.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory")

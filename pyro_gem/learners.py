@@ -28,15 +28,12 @@ import torch
 
 from pyro_gem.estimators import GradientEM
 from pyro_gem.inner import InnerFit, InnerVI, plate_nesting
+from pyro_gem.objectives import TaskLogLikelihood
 from pyro_gem.posterior import Posterior
 from pyro_gem.priors import GaussianPrior
 from pyro_gem.tasks.base import TaskBatch, validate_task_args
 
-__all__ = ["GEMBML", "METHODS", "MetaLearner"]
-
-#: Method names as the CLI and the benchmarks spell them (MAML, first-order MAML and Reptile
-#: live in :mod:`pyro_gem.point_estimate`).
-METHODS = ("gem-bml", "gem-bml+", "maml", "fomaml", "reptile")
+__all__ = ["GEMBML", "MetaLearner"]
 
 
 class MetaLearner:
@@ -67,6 +64,79 @@ class MetaLearner:
         if self._nesting is None:
             self._nesting = plate_nesting(self.model, args, self.prior.name)
         return self._nesting
+
+    def adapt_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior ``(loc, scale)`` that :meth:`adapt` starts from and regularises towards."""
+        return self.prior.loc.detach(), self.prior.scale.detach()
+
+    def adapt(self, *support: torch.Tensor, steps: int | None = None, record: Sequence[int] = ()):
+        """The posterior of new tasks given their support sets: the learner's inner loop, run
+        through Pyro SVI (``self.inner``) from the prior.
+
+        :param support: the model's arguments, stacked over tasks ``(T, K, ...)``.
+        :param steps: inner steps (defaults to the learner's).
+        :param record: steps whose intermediate posteriors to keep in ``posterior.history``.
+        :returns: a :class:`~pyro_gem.posterior.Posterior`.
+        """
+        validate_task_args(support, "support")
+        fit = self.inner.fit(
+            self.model,
+            self.prior.name,
+            support,
+            self.adapt_prior(),
+            steps=steps,
+            record=record,
+            nesting=self.nesting(support),
+        )
+        return Posterior(fit, self.prior.name, self.inner.steps if steps is None else steps)
+
+    def log_likelihood(self, args: Sequence) -> TaskLogLikelihood:
+        """``theta (..., T, D) -> log P(D_τ | θ_τ)`` for the tasks in ``args``."""
+        return TaskLogLikelihood(self.model, self.prior.name, args, self.nesting(args))
+
+    def meta_parameters(self) -> dict[str, torch.Tensor]:
+        """The tensors the meta-optimiser learns, by name (for statistics)."""
+        return {"loc": self.prior.loc, "log_scale": self.prior.log_scale}
+
+    def backprop_step(
+        self, batch: TaskBatch, task_losses: Callable[[TaskBatch], tuple[torch.Tensor, dict]]
+    ) -> dict:
+        """One meta-iteration of a method whose meta-gradient is backpropagation of a loss.
+
+        ``task_losses(batch)`` returns the per-task losses ``(T,)`` (with their graph to the
+        prior) and statistics. Tasks whose loss is not finite are left out: the losses are
+        computed again on the healthy tasks alone, so that no NaN can reach the prior's
+        gradient through the shared graph, and the update is the one of those tasks.
+        """
+        batch.validate()
+        self.meta_optim.zero_grad()
+        losses, stats = task_losses(batch)
+        ok = torch.isfinite(losses.detach())
+        bad = (~ok).nonzero().flatten().tolist()
+        if bad:
+            warnings.warn(
+                f"inner loop diverged on tasks {bad}; they are left out of the meta-gradient",
+                stacklevel=3,
+            )
+            if ok.any():
+                losses, stats = task_losses(batch.select(ok))
+        stats["nan_tasks"] = bad
+        if ok.any():
+            stats.setdefault("meta_objective", -losses.detach().mean().item())
+        else:
+            stats["meta_objective"] = float("nan")
+        if ok.any():
+            losses.mean().backward()
+            for name, param in self.meta_parameters().items():
+                if param.grad is not None:
+                    stats[f"grad_norm_{name}"] = param.grad.norm().item()
+            self.meta_optim.step()
+        else:
+            warnings.warn(
+                "every task's inner loop diverged; the prior was not updated", stacklevel=3
+            )
+        stats["prior_scale_median"] = self.prior.scale.median().item()
+        return stats
 
     def state_dict(self) -> dict:
         return {"prior": self.prior.state_dict(), "meta_optim": self.meta_optim.state_dict()}
@@ -111,17 +181,14 @@ class GEMBML(MetaLearner):
     def name(self) -> str:
         return "gem-bml+" if self.estimator.plus else "gem-bml"
 
-    def _prior(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.prior.loc.detach(), self.prior.scale.detach()
-
     def fit_posteriors(self, batch: TaskBatch) -> tuple[InnerFit, InnerFit]:
         """The two inner VI runs of one meta-iteration: (q_λtr, q_λtr⊕val)."""
         nesting = self.nesting(batch.support)
         site, vi = self.prior.name, self.inner
-        support = vi.fit(self.model, site, batch.support, self._prior(), nesting=nesting)
+        support = vi.fit(self.model, site, batch.support, self.adapt_prior(), nesting=nesting)
         # A task that diverged is left out of the meta-gradient; the query run restarts it from
         # the prior so that its NaNs cannot reach anything else.
-        m, sigma = self._prior()
+        m, sigma = self.adapt_prior()
         ok = support.finite[:, None]
         loc = torch.where(ok, support.loc, m)
         scale = None if support.scale is None else torch.where(ok, support.scale, sigma)
@@ -131,7 +198,7 @@ class GEMBML(MetaLearner):
             prior2 = (loc, (sigma if scale is None else scale).expand_as(loc))
             args = batch.query
         else:
-            prior2, args = self._prior(), batch.joint()
+            prior2, args = self.adapt_prior(), batch.joint()
         joint = vi.fit(
             self.model, site, args, prior2, init=start, steps=self.query_steps, nesting=nesting
         )
@@ -183,27 +250,6 @@ class GEMBML(MetaLearner):
             self.meta_optim.step()
         stats["prior_scale_median"] = self.prior.scale.median().item()
         return stats
-
-    def adapt(self, *support: torch.Tensor, steps: int | None = None, record: Sequence[int] = ()):
-        """The posterior of new tasks given their support sets, by the inner VI from the prior.
-
-        :param support: the model's arguments, stacked over tasks ``(T, K, ...)``.
-        :param steps: inner steps (defaults to the learner's).
-        :param record: steps whose intermediate posteriors to keep in ``posterior.history``.
-        :returns: a :class:`~pyro_gem.posterior.Posterior`.
-        """
-        validate_task_args(support, "support")
-        nesting = self.nesting(support)
-        fit = self.inner.fit(
-            self.model,
-            self.prior.name,
-            support,
-            self._prior(),
-            steps=steps,
-            record=record,
-            nesting=nesting,
-        )
-        return Posterior(fit, self.prior.name, self.inner.steps if steps is None else steps)
 
 
 def _last(losses: list[float], factor: float) -> float:

@@ -9,6 +9,8 @@ from the user's own Pyro model: the prior site is conditioned on θ, and every o
 Example::
 
     loglik = task_log_likelihood(model, "theta", theta, (x, y), nesting=1)   # (T,)
+    loglik = TaskLogLikelihood(model, "theta", (x, y), nesting=1)
+    loglik(theta)                       # (T,) for theta (T, D); (P, T) for particles (P, T, D)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_gem.inner import TasksModel
 
-__all__ = ["task_log_likelihood"]
+__all__ = ["TaskLogLikelihood", "task_log_likelihood"]
 
 
 def task_log_likelihood(
@@ -64,3 +66,39 @@ def task_log_likelihood(
             log_p = log_p.sum(tuple(range(tasks_idx)))
         total = total + log_p.reshape(log_p.shape[0], -1).sum(-1)
     return total
+
+
+class TaskLogLikelihood:
+    """log P(D_τ | θ_τ) of fixed tasks' data as a function of the weights.
+
+    Leading dimensions of ``theta`` left of ``(T, D)`` (Monte Carlo particles, SVGD particles)
+    are evaluated as extra copies of the tasks, in one vectorised model run.
+
+    :param model: the user's single-task model.
+    :param site: the prior's sample site.
+    :param args: the model's arguments, stacked over tasks ``(T, N, ...)``.
+    :param nesting: the model's plate nesting.
+    """
+
+    def __init__(self, model: Callable, site: str, args: Sequence, nesting: int):
+        self.model, self.site, self.args, self.nesting = model, site, tuple(args), nesting
+        self.num_tasks = next(a for a in self.args if torch.is_tensor(a)).shape[0]
+        self._repeated: dict[int, tuple] = {1: self.args}
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        if theta.dim() < 2 or theta.shape[-2] != self.num_tasks:
+            raise ValueError(
+                f"theta must have shape (..., {self.num_tasks}, D), got {tuple(theta.shape)}"
+            )
+        lead = theta.shape[:-2]
+        flat = theta.reshape(-1, theta.shape[-1])
+        copies = flat.shape[0] // self.num_tasks
+        if copies not in self._repeated:
+            self._repeated[copies] = tuple(
+                a.repeat(copies, *(1,) * (a.dim() - 1)) if torch.is_tensor(a) else a
+                for a in self.args
+            )
+        args = self._repeated[copies]
+        return task_log_likelihood(self.model, self.site, flat, args, self.nesting).reshape(
+            *lead, self.num_tasks
+        )

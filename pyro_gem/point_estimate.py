@@ -1,13 +1,20 @@
-"""Point-estimate meta-learners of the paper's comparison: MAML, first-order MAML and Reptile.
+"""Point-estimate meta-learners of the paper's comparison: MAML, first-order MAML, Reptile,
+iMAML and pre-training.
 
 Each task's posterior is a point (a delta), adapted from the prior mean m by K steps of gradient
-ascent on the task's log-likelihood (``pyro_gem.objectives.task_log_likelihood`` of the user's own
-Pyro model). Only m is meta-learned; the prior's scale is not used.
+ascent on the task's log-likelihood (``pyro_gem.objectives.TaskLogLikelihood`` of the user's own
+Pyro model). Only m is meta-learned; the prior's scale is not used (iMAML reads a fixed one from
+its proximal strength). Each method is a per-task loss whose gradient in m is its meta-gradient;
+:meth:`~pyro_gem.learners.MetaLearner.backprop_step` backpropagates it and leaves out tasks
+whose inner loop diverged.
 
 - :class:`MAML` (objective L[2], gradient by backpropagation through the K steps; second order,
   or first order with ``first_order=True``): minimise −log P(D_val | θ_K(D_tr)).
 - :class:`Reptile` (objective L[1], the Gradient-EM direction of a delta posterior with fixed
   variance): move m towards θ_K(D_tr ∪ D_val); the ascent direction is θ_K − m.
+- :class:`IMAML` (objective L[2], implicit gradient of a proximal MAP inner problem, any inner
+  optimiser).
+- :class:`PreTraining` (the prior collapsed to a point: fit m to all tasks' data pooled).
 
 The inner step size is in log-likelihood units: with a Gaussian likelihood of noise s and K points,
 MAML's step α on the mean squared error is ``lr = α · 2 s² / K`` here.
@@ -26,15 +33,13 @@ from collections.abc import Callable, Sequence
 import pyro
 import torch
 
-from pyro_gem.estimators import sgd_adapt
+from pyro_gem.estimators import implicit_gradient, sgd_adapt
 from pyro_gem.inner import InnerVI
 from pyro_gem.learners import MetaLearner
-from pyro_gem.objectives import task_log_likelihood
-from pyro_gem.posterior import Posterior
 from pyro_gem.priors import GaussianPrior
 from pyro_gem.tasks.base import TaskBatch, validate_task_args
 
-__all__ = ["MAML", "Reptile"]
+__all__ = ["IMAML", "MAML", "PreTraining", "Reptile"]
 
 # The adapt path runs Pyro SVI with a delta guide under a prior this wide: its pull, (θ − m)/σ²,
 # is 1e-8 of the distance, so the steps are plain gradient steps on the log-likelihood.
@@ -65,11 +70,6 @@ class _PointEstimateLearner(MetaLearner):
             whiten=False,
         )
 
-    def log_likelihood(self, args: Sequence):
-        """``theta (T, D) -> log P(D_τ | θ_τ)`` for the tasks in ``args``."""
-        nesting = self.nesting(args)
-        return lambda theta: task_log_likelihood(self.model, self.prior.name, theta, args, nesting)
-
     def adapt_weights(self, args: Sequence, create_graph: bool = False) -> torch.Tensor:
         """θ_K for every task in ``args``, from θ_0 = m."""
         num_tasks = validate_task_args(args)
@@ -79,27 +79,20 @@ class _PointEstimateLearner(MetaLearner):
             self.log_likelihood(args), theta, self.inner.steps, self.inner_lr, create_graph
         )
 
-    def adapt(self, *support: torch.Tensor, steps: int | None = None, record: Sequence[int] = ()):
-        """A delta posterior for new tasks: K gradient steps from m, run through Pyro SVI."""
-        validate_task_args(support, "support")
-        flat = torch.full_like(self.prior.loc, _FLAT_PRIOR_SCALE)
-        fit = self.inner.fit(
-            self.model,
-            self.prior.name,
-            support,
-            (self.prior.loc.detach(), flat),
-            steps=steps,
-            record=record,
-            nesting=self.nesting(support),
-        )
-        return Posterior(fit, self.prior.name, self.inner.steps if steps is None else steps)
+    def adapt_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # adapt() runs the same K gradient steps through Pyro SVI with a delta guide.
+        return self.prior.loc.detach(), torch.full_like(self.prior.loc, _FLAT_PRIOR_SCALE)
 
-    def _finish(self, stats: dict) -> dict:
-        self.meta_optim.step()
-        stats["grad_norm_loc"] = self.prior.loc.grad.norm().item()
-        stats["prior_scale_median"] = self.prior.scale.median().item()
-        stats.setdefault("nan_tasks", [])
-        return stats
+    def step(self, batch: TaskBatch) -> dict:
+        """One meta-iteration on a batch of tasks (tasks whose inner loop diverged are left out).
+
+        :returns: statistics: the meta-objective, the gradient norm, the tasks left out.
+        """
+        return self.backprop_step(batch, self.task_losses)
+
+    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        """Per-task losses ``(T,)`` whose gradient in m is the method's meta-gradient."""
+        raise NotImplementedError
 
 
 class MAML(_PointEstimateLearner):
@@ -117,39 +110,97 @@ class MAML(_PointEstimateLearner):
     def name(self) -> str:
         return "fomaml" if self.first_order else "maml"
 
-    def step(self, batch: TaskBatch) -> dict:
-        """One meta-iteration on a batch of tasks; returns the query log-likelihood."""
-        batch.validate()
-        self.meta_optim.zero_grad()
+    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
         theta = self.adapt_weights(batch.support, create_graph=not self.first_order)
-        query = self.log_likelihood(batch.query)
         if self.first_order:
-            theta = theta.detach().requires_grad_()
-            loss = -query(theta).mean()
-            (grad,) = torch.autograd.grad(loss, theta)
-            self.prior.loc.grad = grad.sum(0)  # d(mean over tasks)/dm without 2nd-order terms
-            value = -loss.item()
-        else:
-            loss = -query(theta).mean()
-            loss.backward()
-            value = -loss.item()
-        return self._finish({"meta_objective": value})
+            # dθ_K/dm taken as the identity: the query gradient at θ_K reaches m unchanged.
+            loc = self.prior.loc
+            theta = loc + (theta - loc).detach()
+        return -self.log_likelihood(batch.query)(theta), {}
 
 
 class Reptile(_PointEstimateLearner):
     """Reptile: move the prior mean towards the adapted weights θ_K(D_tr ∪ D_val).
 
     The meta-optimiser receives −mean_τ(θ_K − m) as the gradient (Reptile with an optimiser, as
-    in Nichol et al.'s implementation); plain SGD with step ε gives m ← m + ε·mean(θ_K − m).
+    in Nichol et al.'s implementation): it is the gradient of ½‖m − stop_grad(θ_K)‖². Plain SGD
+    with step ε gives m ← m + ε·mean(θ_K − m).
     """
 
     name = "reptile"
 
-    def step(self, batch: TaskBatch) -> dict:
-        batch.validate()
-        self.meta_optim.zero_grad()
+    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
         data = batch.joint()
         theta = self.adapt_weights(data)
-        self.prior.loc.grad = -(theta - self.prior.loc.detach()).mean(0)
-        loglik = self.log_likelihood(data)(theta).mean().item()
-        return self._finish({"meta_objective": loglik})
+        loglik = self.log_likelihood(data)(theta)
+        stats = {"meta_objective": loglik[loglik.isfinite()].mean().item()}
+        return 0.5 * (self.prior.loc - theta).square().sum(-1), stats
+
+
+class PreTraining(_PointEstimateLearner):
+    """Pre-training: one network fitted to every task's data pooled (the prior collapsed to a
+    point, σ → 0: the meta-gradient is ∇_m log P(D_tr ∪ D_val | m)). At meta-test it is
+    fine-tuned by the same K gradient steps as MAML."""
+
+    name = "pretrain"
+
+    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        data = batch.joint()
+        theta = self.prior.loc.expand(validate_task_args(data), -1)
+        return -self.log_likelihood(data)(theta), {}
+
+
+class IMAML(_PointEstimateLearner):
+    """iMAML: a proximal inner problem solved by any optimiser, differentiated implicitly.
+
+    The inner loop is Pyro SVI with a delta guide (MAP) under the prior N(m, I/λ): it minimises
+    −log P(D_tr | θ) + λ/2 ‖θ − m‖² from θ = m with ``inner_optim`` (any PyroOptim). The
+    meta-gradient of −log P(D_val | θ*) is :func:`~pyro_gem.estimators.implicit_gradient`:
+    conjugate gradient on Hessian-vector products, exact for a converged inner problem.
+
+    :param reg: the proximal strength λ (in units of the log-likelihood).
+    :param cg_steps: conjugate-gradient iterations.
+    :param inner_optim: the inner optimiser; plain SGD at ``inner_lr`` if omitted.
+    """
+
+    name = "imaml"
+
+    def __init__(
+        self,
+        *args,
+        reg: float = 1.0,
+        cg_steps: int = 5,
+        inner_optim: pyro.optim.PyroOptim | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if reg <= 0:
+            raise ValueError(f"reg (the proximal strength λ) must be > 0, got {reg}")
+        self.reg = float(reg)
+        self.cg_steps = int(cg_steps)
+        if inner_optim is not None:
+            self.inner = InnerVI(
+                guide="delta", optim=inner_optim, steps=self.inner.steps, whiten=False
+            )
+
+    def adapt_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prior.loc.detach(), torch.full_like(self.prior.loc, self.reg**-0.5)
+
+    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        fit = self.inner.fit(
+            self.model,
+            self.prior.name,
+            batch.support,
+            self.adapt_prior(),
+            nesting=self.nesting(batch.support),
+        )
+        theta = fit.loc.detach().requires_grad_()
+        val_loss = -self.log_likelihood(batch.query)(theta)
+        (grad_val,) = torch.autograd.grad(val_loss.sum(), theta)
+        train = self.log_likelihood(batch.support)
+        g = implicit_gradient(lambda t: -train(t), grad_val, theta, self.reg, self.cg_steps)
+        # A surrogate whose gradient in m is g; its value is not the objective.
+        ok = val_loss.isfinite() & g.isfinite().all(-1)
+        surrogate = torch.where(ok, (self.prior.loc * g).sum(-1), torch.nan)
+        stats = {"meta_objective": -val_loss.detach()[val_loss.isfinite()].mean().item()}
+        return surrogate, stats

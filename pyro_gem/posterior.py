@@ -20,7 +20,7 @@ from pyro.infer import Predictive
 
 from pyro_gem.inner import InnerFit, finite_tasks
 
-__all__ = ["Posterior"]
+__all__ = ["ParticlePosterior", "Posterior"]
 
 
 class Posterior:
@@ -95,3 +95,68 @@ class Posterior:
         # The whitened inner VI's auxiliary site is ours, not the user's.
         draws.pop(f"{self.site}_decentered", None)
         return draws
+
+
+class ParticlePosterior:
+    """An empirical posterior of M weight particles per task (BMAML's SVGD particles).
+
+    Predictions go through Pyro's ``Predictive`` with the particles as posterior samples; a
+    request for ``num_samples`` draws cycles through the particles, each weighted equally.
+
+    :param tasks_model: the user's model under the tasks plate (:class:`~pyro_gem.inner.TasksModel`).
+    :param site: the prior's sample site.
+    :param particles: ``(T, M, D)``.
+    :param steps: the inner steps that produced them.
+    :param history: particle posteriors after intermediate steps, by step.
+    """
+
+    def __init__(
+        self,
+        tasks_model,
+        site: str,
+        particles: torch.Tensor,
+        steps: int,
+        history: dict[int, ParticlePosterior] | None = None,
+    ):
+        self.tasks_model = self.model = tasks_model
+        self.site = site
+        self.particles = particles.detach()
+        self.steps = steps
+        self.nesting = tasks_model.nesting + 1
+        self.history = history or {}
+        self.loc = self.particles.mean(1)
+        self.scale = self.particles.std(1) if particles.shape[1] > 1 else None
+
+    @property
+    def num_tasks(self) -> int:
+        return self.particles.shape[0]
+
+    def predict(
+        self, *args, num_samples: int = 100, return_sites: Sequence[str] | None = None, **kwargs
+    ) -> dict[str, torch.Tensor]:
+        """Predictive samples at new inputs, laid out as :meth:`Posterior.predict` lays them out."""
+        n = next(a for a in args if isinstance(a, torch.Tensor)).shape[0]
+        if n != self.num_tasks:
+            raise ValueError(f"the posterior is over {self.num_tasks} tasks, got inputs for {n}")
+        index = torch.arange(num_samples) % self.particles.shape[1]
+        draws = self.particles[:, index].transpose(0, 1)  # (S, T, D)
+        slots = (1,) * (self.nesting - 1)
+        draws = draws.reshape(draws.shape[:2] + slots + draws.shape[-1:])
+        diverged = ~torch.isfinite(self.particles).flatten(1).all(1)
+        if diverged.any():
+            mask = diverged.reshape((1, -1) + (1,) * (draws.dim() - 2))
+            draws = torch.where(mask, 0.0, draws)
+        with pyro.settings.context(module_local_params=True), torch.no_grad():
+            predictive = Predictive(
+                self.tasks_model,
+                posterior_samples={self.site: draws},
+                return_sites=return_sites,
+                parallel=True,
+            )
+            out = predictive(*args, **kwargs)
+        out.setdefault(self.site, draws)
+        if diverged.any():
+            for value in out.values():
+                if value.is_floating_point() and value.dim() > 1 and value.shape[1] == n:
+                    value[:, diverged] = torch.nan
+        return out

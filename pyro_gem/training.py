@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 import warnings
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def save_checkpoint(
     torch.save(state, tmp)
     tmp.replace(out / CHECKPOINT)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    (out / "history.json").write_text(json.dumps(history))
+    (out / "history.json").write_text(json.dumps(history, separators=(",", ":")))
     return out / CHECKPOINT
 
 
@@ -107,7 +108,8 @@ def train(
     :param eval_tasks: held-out tasks in those evaluations.
     :param eval_steps: inner steps of the evaluation (defaults to the learner's).
     :param config: the run's options, stored beside the checkpoint.
-    :returns: per-iteration statistics (one dict per iteration, ``heldout_mse`` where evaluated).
+    :returns: per-iteration statistics (one dict per iteration: the learner's statistics, the
+        step's wall time ``seconds``, and ``heldout_mse`` where evaluated).
     """
     if meta_iterations < 0 or meta_batch < 1:
         raise ValueError(
@@ -137,10 +139,12 @@ def train(
     )
     diverged = 0
     for it in bar:
+        tick = time.perf_counter()
         with warnings.catch_warnings():
             # Diverged tasks are counted in the progress bar and kept in the history instead.
             warnings.filterwarnings("ignore", message="inner VI diverged")
             stats = learner.step(tasks.sample(meta_batch, generator))
+        stats["seconds"] = time.perf_counter() - tick
         diverged += len(stats.get("nan_tasks", ()))
         stats["iteration"] = it + 1
         if eval_every and (it + 1) % eval_every == 0:

@@ -13,6 +13,7 @@ from linear_gaussian import (
 )
 
 from pyro_gem import GEMBML, GradientEM, InnerVI, TaskBatch, gem_gradient, gem_plus_gradient
+from pyro_gem.estimators import conjugate_gradient
 
 
 def autograd_of(fn, m, log_s):
@@ -116,3 +117,17 @@ def test_converged_svi_matches_the_analytic_gradient(update):
         scale = true_m.abs().max() + true_s.abs().max()
         torch.testing.assert_close(est_m.sum(0), true_m, rtol=0, atol=0.03 * scale)
         torch.testing.assert_close(est_s.sum(0), true_s, rtol=0, atol=0.03 * scale)
+
+
+def test_conjugate_gradient_solves_each_task_and_stops_at_negative_curvature():
+    gen = torch.Generator().manual_seed(0)
+    b_mat = torch.randn(3, 5, 5, generator=gen, dtype=torch.float64)
+    spd = b_mat @ b_mat.transpose(-1, -2) + 0.5 * torch.eye(5, dtype=torch.float64)
+    rhs = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: (spd @ v[..., None])[..., 0], rhs, steps=5)
+    torch.testing.assert_close(x, torch.linalg.solve(spd, rhs))
+    # An indefinite matrix for task 1: its iterate stays finite (truncated), the others solve.
+    spd[1] = torch.diag(torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    x = conjugate_gradient(lambda v: (spd @ v[..., None])[..., 0], rhs, steps=5)
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x[[0, 2]], torch.linalg.solve(spd[[0, 2]], rhs[[0, 2]]))

@@ -1,13 +1,16 @@
-"""MAML, first-order MAML and Reptile against finite differences and their closed forms."""
+"""MAML, first-order MAML, Reptile, iMAML and pre-training against finite differences, closed
+forms and exact meta-gradients."""
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import NOISE, make_model, make_prior, tasks_data
 from torch import nn
 
 from pyro_gem import GaussianPrior, Sinusoid, TaskBatch
-from pyro_gem.point_estimate import MAML, Reptile
+from pyro_gem.estimators import implicit_gradient
+from pyro_gem.point_estimate import IMAML, MAML, PreTraining, Reptile
 
 
 def tiny(dtype=torch.float64):
@@ -121,3 +124,71 @@ def test_point_estimate_learners_reject_extra_latents():
     b = Sinusoid(shots=5).sample(2, torch.Generator().manual_seed(1))
     with pytest.raises(ValueError, match="latent site 'noise'"):
         MAML(model, prior).step(b)
+
+
+def quadratic_imaml_problem():
+    """Linear-Gaussian tasks: −log P(D_tr | θ) is quadratic, so θ*(m) has a closed form."""
+    torch.set_default_dtype(torch.float64)
+    prior = make_prior(3)
+    model = make_model(prior)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 9, 3, generator=gen)  # a correlated design
+    y = tasks_data(prior, x)
+    return prior, model, TaskBatch((x[:, :5], y[:, :5]), (x[:, 5:], y[:, 5:]))
+
+
+def exact_imaml_gradient(prior, batch, reg):
+    """Autograd of mean_τ −log P(D_val | θ*(m)) through θ* = (A + λI)⁻¹(Xᵀy/s² + λm)."""
+    (xs, ys), (xq, yq) = batch.support, batch.query
+    m = prior.loc.detach().clone().requires_grad_()
+    a = xs.transpose(-1, -2) @ xs / NOISE**2
+    rhs = (xs.transpose(-1, -2) @ ys[..., None])[..., 0] / NOISE**2 + reg * m
+    theta = torch.linalg.solve(a + reg * torch.eye(3), rhs)
+    resid = (yq - (xq @ theta[..., None])[..., 0]) / NOISE
+    (grad,) = torch.autograd.grad(0.5 * resid.square().sum(-1).mean(), m)
+    return theta.detach(), grad
+
+
+def test_implicit_gradient_equals_the_exact_meta_gradient_on_a_quadratic():
+    prior, model, batch = quadratic_imaml_problem()
+    reg = 2.0
+    theta, exact = exact_imaml_gradient(prior, batch, reg)
+    learner = IMAML(model, prior, reg=reg, cg_steps=3)
+    train, val = learner.log_likelihood(batch.support), learner.log_likelihood(batch.query)
+    t = theta.clone().requires_grad_()
+    (grad_val,) = torch.autograd.grad(-val(t).sum(), t)
+    g = implicit_gradient(lambda w: -train(w), grad_val, theta, reg, cg_steps=3)  # D = 3
+    torch.testing.assert_close(g.mean(0), exact, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("inner_optim", ["sgd", "adam"])
+def test_imaml_learner_with_a_converged_inner_loop(inner_optim):
+    """Any inner optimiser: the implicit gradient only needs the inner solution."""
+    prior, model, batch = quadratic_imaml_problem()
+    reg = 2.0
+    _, exact = exact_imaml_gradient(prior, batch, reg)
+    optim = pyro.optim.SGD({"lr": 0.02}) if inner_optim == "sgd" else pyro.optim.Adam({"lr": 0.05})
+    learner = IMAML(
+        model,
+        prior,
+        torch.optim.SGD([prior.loc], lr=0.0),
+        inner_steps=1500,
+        reg=reg,
+        cg_steps=3,
+        inner_optim=optim,
+    )
+    stats = learner.step(batch)
+    assert stats["nan_tasks"] == []
+    torch.testing.assert_close(prior.loc.grad, exact, rtol=1e-3, atol=1e-5)
+
+
+def test_pretraining_fits_the_pooled_data():
+    model, prior = tiny()
+    batch = batch64()
+    learner = PreTraining(model, prior, torch.optim.SGD([prior.loc], lr=0.0))
+    learner.step(batch)
+    m = prior.loc.detach().clone().requires_grad_()
+    data = batch.joint()
+    loglik = learner.log_likelihood(data)(m.expand(len(batch), -1)).mean()
+    (grad,) = torch.autograd.grad(-loglik, m)
+    torch.testing.assert_close(prior.loc.grad, grad)

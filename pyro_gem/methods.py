@@ -1,0 +1,194 @@
+"""The paper's method matrix (its Table 1, plus the methods around it), as a registry.
+
+A method is a posterior family, an objective and a meta-gradient estimator. Each row below names
+the three and builds the learner from a run's options (the CLI's and the benchmarks' config).
+The same inner-loop options apply wherever a method allows them; a method that needs plain SGD
+(its meta-gradient differentiates or averages the inner steps) rejects another optimiser with an
+error that says so.
+
+==============  ===========  =========  ==============================  ======================
+method          posterior    objective  meta-gradient                   inner optimiser
+==============  ===========  =========  ==============================  ======================
+gem-bml         Gaussian     L[1]       Gradient-EM                     any PyroOptim
+gem-bml+        Gaussian     L[2]       Gradient-EM                     any PyroOptim
+abml            Gaussian     L[1]       backprop through inner VI       SGD
+abml+           Gaussian     L[2]       backprop through inner VI       SGD
+kl-chaser       Gaussian     L[2]       KL chaser (GEM + backprop)      SGD
+bmaml           particles    L[2]       SVGD chaser, backprop           SVGD steps
+maml            delta        L[2]       backprop through inner steps    SGD
+fomaml          delta        L[2]       first-order backprop            SGD
+imaml           delta        L[2]       implicit (CG on Hessian)        any PyroOptim
+reptile         delta        L[1]       Gradient-EM (fixed variance)    SGD
+pretrain        point prior  pooled     ∇ log P(all data | m)           SGD (fine-tuning)
+==============  ===========  =========  ==============================  ======================
+
+Example::
+
+    learner = build("gem-bml+", model, prior, {"inner_optim": "adam", "inner_lr": 0.2, ...})
+    METHOD_TABLE["imaml"].meta_gradient      # "implicit (CG on Hessian)"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import torch
+
+from pyro_gem.bmaml import BMAML
+from pyro_gem.elbo_gradient import AmortizedBML, KLChaser
+from pyro_gem.inner import InnerVI
+from pyro_gem.learners import GEMBML
+from pyro_gem.point_estimate import IMAML, MAML, PreTraining, Reptile
+from pyro_gem.priors import GaussianPrior
+
+__all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "Method", "build"]
+
+#: Inner optimisers by name; each is a PyroOptim built with ``{"lr": inner_lr}``.
+INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One cell of the matrix: what the method is made of, and how to build it."""
+
+    name: str
+    posterior: str
+    objective: str
+    meta_gradient: str
+    #: inner optimisers the method accepts by name; ``None``: any of :data:`INNER_OPTIMS`.
+    inner_optims: tuple[str, ...] | None
+    make: Callable
+
+
+def _inner_optim(config: dict) -> pyro.optim.PyroOptim:
+    return INNER_OPTIMS[config["inner_optim"]]({"lr": config["inner_lr"]})
+
+
+def _gem(plus: bool):
+    def make(model, prior, config):
+        inner = InnerVI(
+            guide=config["guide"],
+            optim=_inner_optim(config),
+            steps=config["inner_steps"],
+            num_particles=config["num_particles"],
+        )
+        meta_optim = torch.optim.Adam(prior.parameters(), lr=config["meta_lr"])
+        return GEMBML(
+            model,
+            prior,
+            meta_optim,
+            plus=plus,
+            inner=inner,
+            query_steps=config["query_steps"],
+            update=config["update"],
+        )
+
+    return make
+
+
+def _unrolled(cls, **fixed):
+    def make(model, prior, config):
+        return cls(
+            model,
+            prior,
+            torch.optim.Adam(prior.parameters(), lr=config["meta_lr"]),
+            inner_lr=config["inner_lr"],
+            inner_steps=config["inner_steps"],
+            query_steps=config["query_steps"],
+            num_particles=config["num_particles"],
+            **fixed,
+        )
+
+    return make
+
+
+def _point(cls, **fixed):
+    def make(model, prior, config):
+        if cls is IMAML:
+            fixed.update(
+                reg=config["reg"], cg_steps=config["cg_steps"], inner_optim=_inner_optim(config)
+            )
+        return cls(
+            model,
+            prior,
+            torch.optim.Adam([prior.loc], lr=config["meta_lr"]),
+            inner_lr=config["inner_lr"],
+            inner_steps=config["inner_steps"],
+            **fixed,
+        )
+
+    return make
+
+
+def _bmaml(model, prior, config):
+    learner = BMAML(
+        model,
+        prior,
+        num_particles=config["num_particles"],
+        inner_lr=config["inner_lr"],
+        inner_steps=config["inner_steps"],
+        leader_steps=config["query_steps"],
+    )
+    learner.meta_optim = torch.optim.Adam([learner.particles], lr=config["meta_lr"])
+    return learner
+
+
+_SGD = ("sgd",)
+METHOD_TABLE: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("gem-bml", "Gaussian", "L[1]", "Gradient-EM", None, _gem(False)),
+        Method("gem-bml+", "Gaussian", "L[2]", "Gradient-EM", None, _gem(True)),
+        Method(
+            "abml", "Gaussian", "L[1]", "backprop through inner VI", _SGD, _unrolled(AmortizedBML)
+        ),
+        Method(
+            "abml+",
+            "Gaussian",
+            "L[2]",
+            "backprop through inner VI",
+            _SGD,
+            _unrolled(AmortizedBML, plus=True),
+        ),
+        Method(
+            "kl-chaser", "Gaussian", "L[2]", "KL chaser (GEM + backprop)", _SGD, _unrolled(KLChaser)
+        ),
+        Method("bmaml", "particles", "L[2]", "SVGD chaser, backprop", _SGD, _bmaml),
+        Method("maml", "delta", "L[2]", "backprop through inner steps", _SGD, _point(MAML)),
+        Method(
+            "fomaml", "delta", "L[2]", "first-order backprop", _SGD, _point(MAML, first_order=True)
+        ),
+        Method("imaml", "delta", "L[2]", "implicit (CG on Hessian)", None, _point(IMAML)),
+        Method("reptile", "delta", "L[1]", "Gradient-EM (fixed variance)", _SGD, _point(Reptile)),
+        Method(
+            "pretrain", "point prior", "pooled", "∇ log P(all data | m)", _SGD, _point(PreTraining)
+        ),
+    )
+}
+
+#: Method names as the CLI and the benchmarks spell them.
+METHODS = tuple(METHOD_TABLE)
+
+
+def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
+    """The learner ``name`` over ``model`` and ``prior``, configured by ``config``.
+
+    :param config: run options: ``meta_lr``, ``inner_optim``, ``inner_lr``, ``inner_steps``,
+        ``query_steps``, ``guide``, ``update``, ``num_particles``, ``reg``, ``cg_steps``
+        (see :data:`pyro_gem.cli.DEFAULTS`).
+    :raises ValueError: for an unknown method or an inner optimiser the method cannot use.
+    """
+    if name not in METHOD_TABLE:
+        raise ValueError(f"unknown method {name!r}: choose one of {list(METHODS)}")
+    method = METHOD_TABLE[name]
+    optim = config["inner_optim"]
+    if optim not in INNER_OPTIMS:
+        raise ValueError(f"unknown inner optimiser {optim!r}: choose one of {list(INNER_OPTIMS)}")
+    if method.inner_optims is not None and optim not in method.inner_optims:
+        raise ValueError(
+            f"{name} backpropagates through or averages plain SGD inner steps "
+            f"({method.meta_gradient}): set inner_optim to 'sgd' (got {optim!r})"
+        )
+    return method.make(model, prior, config)

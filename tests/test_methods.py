@@ -1,0 +1,55 @@
+"""The method registry: every cell of the matrix builds, steps and adapts through one interface."""
+
+import math
+import re
+
+import pytest
+import torch
+from sinusoid_fixtures import small_sinusoid
+
+from pyro_gem import METHOD_TABLE, METHODS, Sinusoid
+from pyro_gem.cli import DEFAULTS
+from pyro_gem.methods import build
+
+
+def config(**over):
+    return {**DEFAULTS, "inner_optim": "sgd", "inner_lr": 1e-3, "inner_steps": 2, **over}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_steps_adapts_and_predicts(method):
+    model, prior = small_sinusoid()
+    over = {"num_particles": 3} if method == "bmaml" else {}
+    if method == "imaml":
+        over["reg"] = 100.0
+    learner = build(method, model, prior, config(**over))
+    assert learner.name == method
+    stats = learner.step(Sinusoid().sample(4, torch.Generator().manual_seed(0)))
+    assert stats["nan_tasks"] == [] and math.isfinite(stats["meta_objective"])
+    test = Sinusoid().test_tasks(3)
+    post = learner.adapt(*test.support, steps=2, record=(0, 2))
+    draws = post.history[2].predict(test.query[0], num_samples=5)
+    assert draws["y"].shape == (5, 3, test.query[0].shape[1])
+
+
+@pytest.mark.parametrize("method", [m for m, row in METHOD_TABLE.items() if row.inner_optims])
+def test_methods_that_need_sgd_say_so(method):
+    model, prior = small_sinusoid()
+    with pytest.raises(ValueError, match=f"{re.escape(method)} .*set inner_optim to 'sgd'"):
+        build(method, model, prior, config(inner_optim="adam"))
+
+
+@pytest.mark.parametrize("method", [m for m, row in METHOD_TABLE.items() if not row.inner_optims])
+def test_methods_that_decouple_take_any_inner_optimiser(method):
+    model, prior = small_sinusoid()
+    learner = build(method, model, prior, config(inner_optim="adam", reg=100.0))
+    assert type(learner.inner.optim).__name__ == "PyroOptim"
+    assert learner.inner.optim.pt_optim_constructor is torch.optim.Adam
+
+
+def test_unknown_method_and_optimiser():
+    model, prior = small_sinusoid()
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        build("nope", model, prior, config())
+    with pytest.raises(ValueError, match="unknown inner optimiser 'lbfgs'"):
+        build("maml", model, prior, config(inner_optim="lbfgs"))
