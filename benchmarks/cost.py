@@ -7,11 +7,14 @@ parameters, so its memory should stay flat; MAML keeps the graph of every inner 
 
 Models: the sinusoid MLP 1-40-40-1 (meta-batch 25, K = 10) and Conv4 (4 × [3×3 conv 32,
 BatchNorm, ReLU, 2×2 pool]) on 5-way 1-shot episodes of 84×84 RGB images (random pixels; 15 query
-images per class; meta-batch 4; ``--quick``: meta-batch 1, 3 query images per class). Writes ``<out>/cost.json`` and ``<out>/cost.png``; the last line
-printed is the JSON summary.
+images per class; meta-batch 2; ``--quick``: meta-batch 1, 3 query images per class). Each
+worker runs under an address-space limit (``--mem-limit``, GiB): a configuration that needs more
+is recorded as out of memory, which is itself the result for methods whose memory grows with
+the inner steps. Writes ``<out>/cost.json`` and ``<out>/cost.png`` (``cost_quick.*`` with
+``--quick``); the last line printed is the JSON summary.
 
     python benchmarks/cost.py                 # every method, steps 1 … 100, both models
-    python benchmarks/cost.py --quick         # Conv4, steps {1, 100}, GEM-BML+ and MAML
+    python benchmarks/cost.py --quick         # Conv4, steps {1, 100}, GEM-BML+, MAML and ABML
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (1, 2, 5, 10, 25, 50, 100)
-METHODS = ("gem-bml", "gem-bml+", "maml", "fomaml", "reptile")
+QUICK_METHODS = ("gem-bml+", "maml", "abml")
 
 
 def _peak_rss_mib() -> float:
@@ -71,7 +74,11 @@ def _conv4_setup(meta_batch: int, query_per_class: int):
     return model, prior, batch
 
 
-def worker(model_name: str, method: str, steps: int, meta_batch: int, query: int) -> dict:
+def worker(
+    model_name: str, method: str, steps: int, meta_batch: int, query: int, mem_limit_gib: float
+) -> dict:
+    limit = int(mem_limit_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import torch
 
     from pyro_gem.cli import build_learner, resolve_config
@@ -92,23 +99,30 @@ def worker(model_name: str, method: str, steps: int, meta_batch: int, query: int
     learner = build_learner(mf, config)
     batches = [make_batch(), make_batch()]
     baseline = _peak_rss_mib()
-    learner.step(batches[0])
-    start = time.perf_counter()
-    learner.step(batches[1])
+    try:
+        learner.step(batches[0])
+        start = time.perf_counter()
+        learner.step(batches[1])
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+            raise
+        return {"seconds": None, "peak_mib": None, "error": f"out of memory ({mem_limit_gib} GiB)"}
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_mib": _peak_rss_mib() - baseline}
 
 
-def measure(model_name: str, method: str, steps: int, meta_batch: int, query: int) -> dict:
+def measure(
+    model_name: str, method: str, steps: int, meta_batch: int, query: int, mem_limit: float
+) -> dict:
     cmd = [sys.executable, __file__, "--worker", model_name, method]
-    cmd += [str(steps), str(meta_batch), str(query)]
+    cmd += [str(steps), str(meta_batch), str(query), str(mem_limit)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{model_name}/{method}/{steps}: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def plot(results: dict, out: Path) -> None:
+def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +132,7 @@ def plot(results: dict, out: Path) -> None:
     fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 6.5), squeeze=False)
     for j, model_name in enumerate(models):
         for method, by_steps in results[model_name].items():
-            steps = sorted(int(s) for s in by_steps)
+            steps = sorted(int(s) for s in by_steps if by_steps[s]["seconds"] is not None)
             for i, key in enumerate(("seconds", "peak_mib")):
                 axes[i][j].plot(
                     steps, [by_steps[str(s)][key] for s in steps], marker="o", label=method
@@ -130,7 +144,7 @@ def plot(results: dict, out: Path) -> None:
             axes[i][j].set_xlabel("inner steps")
             axes[i][j].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "cost.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -140,46 +154,58 @@ def _ratio(results, model_name, a, b, key, steps_a, steps_b=None):
         rb = results[model_name][b][str(steps_b or steps_a)][key]
     except KeyError:
         return None
-    return ra / rb if rb > 0 else None
+    return ra / rb if ra is not None and rb else None
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--worker", nargs=5, metavar=("MODEL", "METHOD", "STEPS", "BATCH", "QUERY"))
+    p.add_argument("--methods", nargs="+", help="default: every method (--quick: three)")
+    p.add_argument("--models", nargs="+", default=["mlp", "conv4"], choices=["mlp", "conv4"])
+    p.add_argument("--mem-limit", type=float, default=12.0, help="GiB per worker")
+    p.add_argument(
+        "--worker", nargs=6, metavar=("MODEL", "METHOD", "STEPS", "BATCH", "QUERY", "GIB")
+    )
     args = p.parse_args(argv)
     if args.worker:
-        model_name, method, steps, batch, query = args.worker
-        result = worker(model_name, method, int(steps), int(batch), int(query))
+        model_name, method, steps, batch, query, gib = args.worker
+        result = worker(model_name, method, int(steps), int(batch), int(query), float(gib))
         print(json.dumps(result))
         return result
+    from pyro_gem import METHODS
+
     # model: (methods, inner steps, meta-batch, query images per class)
     if args.quick:
-        plan = {"conv4": (("gem-bml+", "maml"), (1, 100), 1, 3)}
+        plan = {"conv4": (args.methods or QUICK_METHODS, (1, 100), 1, 3)}
     else:
-        plan = {"mlp": (METHODS, STEPS, 25, 10), "conv4": (METHODS, STEPS, 4, 15)}
+        methods = args.methods or METHODS
+        full = {"mlp": (methods, STEPS, 25, 10), "conv4": (methods, STEPS, 2, 15)}
+        plan = {k: full[k] for k in args.models}
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "cost_quick" if args.quick else "cost"
+    path = args.out / f"{name}.json"
     results: dict = {}
     for model_name, (methods, steps_list, batch, query) in plan.items():
         for method in methods:
             for steps in steps_list:
-                r = measure(model_name, method, steps, batch, query)
+                r = measure(model_name, method, steps, batch, query, args.mem_limit)
                 results.setdefault(model_name, {}).setdefault(method, {})[str(steps)] = r
-                print(f"{model_name:>5} {method:>8} {steps:>3} steps: {json.dumps(r)}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "cost_quick" if args.quick else "cost"
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
-    plot(results, args.out)
-    last = max(int(s) for s in next(iter(results["conv4"].values())))
+                print(f"{model_name:>5} {method:>9} {steps:>3} steps: {json.dumps(r)}", flush=True)
+                path.write_text(json.dumps(results, indent=2))  # partial results survive
+    plot(results, args.out / f"{name}.png")
+    model = "conv4" if "conv4" in results else next(iter(results))
+    last = max(int(s) for s in next(iter(results[model].values())))
     summary = {
-        "gem_plus_mem_growth": _ratio(
-            results, "conv4", "gem-bml+", "gem-bml+", "peak_mib", last, 1
-        ),
-        "maml_mem_growth": _ratio(results, "conv4", "maml", "maml", "peak_mib", last, 1),
+        "model": model,
+        "gem_plus_mem_growth": _ratio(results, model, "gem-bml+", "gem-bml+", "peak_mib", last, 1),
+        "maml_mem_growth": _ratio(results, model, "maml", "maml", "peak_mib", last, 1),
         f"gem_plus_vs_maml_time_at_{last}": _ratio(
-            results, "conv4", "gem-bml+", "maml", "seconds", last
+            results, model, "gem-bml+", "maml", "seconds", last
         ),
-        f"gem_plus_vs_abml_time_at_{last}": None,  # ABML is not implemented yet (issue 3)
+        f"gem_plus_vs_abml_time_at_{last}": _ratio(
+            results, model, "gem-bml+", "abml", "seconds", last
+        ),
         "note": "peak RSS above each fresh process's baseline; memory growth = at most steps / at 1",
     }
     print(json.dumps(summary))

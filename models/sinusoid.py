@@ -20,6 +20,7 @@ from pyro_gem.tasks import Sinusoid
 net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
 prior = GaussianPrior(net, init_scale=0.01)
 noise = 0.3  # likelihood standard deviation of y
+MAML_LR = 0.01 * 2 * noise**2 / 10  # MAML's α = 0.01 on the MSE, in log-likelihood units
 
 
 def model(x, y=None):
@@ -43,8 +44,23 @@ config = {
     # Per-method settings (pyro-gem train --method maml ...). MAML's step of 0.01 on the mean
     # squared error of K = 10 points is 0.01 * 2 * noise**2 / 10 on the log-likelihood.
     "methods": {
-        "maml": {"inner_optim": "sgd", "inner_lr": 0.01 * 2 * noise**2 / 10, "inner_steps": 1},
-        "fomaml": {"inner_optim": "sgd", "inner_lr": 0.01 * 2 * noise**2 / 10, "inner_steps": 1},
-        "reptile": {"inner_optim": "sgd", "inner_lr": 0.01 * 2 * noise**2 / 10, "inner_steps": 5},
+        "maml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
+        "fomaml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
+        "reptile": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 5},
+        # Fine-tuning at meta-test by MAML's steps.
+        "pretrain": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
+        # λ = 100 on the log-likelihood is 1.8 on the mean squared error.
+        "imaml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 5, "reg": 100.0},
+        # SGD on AutoNormal's whitened parameters, backpropagated.
+        "abml": {"inner_optim": "sgd", "inner_lr": 0.3, "inner_steps": 10},
+        "abml+": {"inner_optim": "sgd", "inner_lr": 0.3, "inner_steps": 10},
+        "kl-chaser": {"inner_optim": "sgd", "inner_lr": 0.3, "inner_steps": 10},
+        # SVGD with 5 particles; the step is 10 × MAML's (MAML's own step barely moves them).
+        "bmaml": {
+            "inner_optim": "sgd",
+            "inner_lr": 10 * MAML_LR,
+            "inner_steps": 1,
+            "num_particles": 5,
+        },
     },
 }

@@ -1,35 +1,38 @@
 """The backpropagation column of the paper's Table 1, for a Gaussian posterior.
 
-Each method fits the same two posteriors as :class:`~pyro_gem.learners.GEMBML` with its
-sequential update — q_λtr from the prior on D_tr, then q_λtr⊕val from q_λtr on D_val — but by a
-differentiable inner VI (:class:`~pyro_gem.unrolled.UnrolledVI`: whitened SGD on AutoNormal's
-parameters), and gets the meta-gradient by backpropagating a loss through it:
+Each method fits q_λtr, the posterior given D_tr, from the prior by a differentiable inner VI
+(:class:`~pyro_gem.unrolled.UnrolledVI`: the whitened SGD on AutoNormal's parameters that
+``InnerVI`` runs through Pyro), and gets the meta-gradient by backpropagating a loss through it:
 
-============================  ==========  ====================================================
-method (CLI name)             objective   loss backpropagated to Θ
-============================  ==========  ====================================================
-:class:`AmortizedBML`         L[1]        −ELBO(λ_tr⊕val(Θ); prior Θ; D_tr ∪ D_val), through
-(``abml``)                                both inner runs: the paper's "ELBO gradient" (eq. 4)
-``AmortizedBML(plus=True)``   L[2]        −ELBO(λ_tr⊕val; prior q_λtr(Θ); D_val), through both
-(``abml+``)                               runs: the L[2] ELBO-gradient cell (related to PMAML)
-:class:`KLChaser`             L[2]        KL(stop_grad(q_λtr⊕val) ‖ q_λtr(Θ)), through the first
-(``kl-chaser``)                           run only
-============================  ==========  ====================================================
+==============================  =========  ==================================================
+method (CLI name)               objective  loss backpropagated to Θ
+==============================  =========  ==================================================
+:class:`AmortizedBML`           L[1]       −ELBO(λ_tr(Θ); prior Θ; D_tr ∪ D_val): Ravi &
+(``abml``)                                 Beatson's Amortized BML, the posterior computed
+                                           from D_tr and the ELBO evaluated on all the data
+                                           (the paper's "ELBO gradient", eq. 4)
+``AmortizedBML(plus=True)``     L[2]       −E_{q_λtr(Θ)} log P(D_val | θ): the L[2] cell, a
+(``abml+``)                                bound on log P(D_val | D_tr; Θ) with q' = q_λtr
+                                           (the query likelihood under the adapted
+                                           posterior, as PMAML and ML-PIP score it)
+:class:`KLChaser`               L[2]       KL(stop_grad(q_λtr⊕val) ‖ q_λtr(Θ)), where
+(``kl-chaser``)                            q_λtr⊕val continues from q_λtr on D_val (the
+                                           sequential update of GEM-BML+), no graph
+==============================  =========  ==================================================
 
 Why the KL-chaser sits in the Gradient-EM column: with q_λtr as the prior of D_val, the
-gradient of −KL(stop_grad(q_λtr⊕val) ‖ q_λtr) in λ_tr is E_{q_λtr⊕val} ∇ log q_λtr(θ), which is
-the Gradient-EM estimate of ∇_λtr L(λ_tr; D_val). The chain rule through λ_tr(Θ) then gives
-∇_Θ L[2] = ∇_Θ L(λ_tr(Θ); D_val) — by backpropagation through the first inner run only (the
-second run is held fixed, like BMAML's chaser, whose L2 distance between particles it replaces
-with the KL between Gaussians).
+gradient of −KL(stop_grad(q_λtr⊕val) ‖ q_λtr) in λ_tr is E_{q_λtr⊕val} ∇ log q_λtr(θ), the
+Gradient-EM estimate of ∇_λtr L(λ_tr; D_val). The chain rule through λ_tr(Θ) then gives
+∇_Θ L[2] = ∇_Θ L(λ_tr(Θ); D_val), by backpropagation through the first inner run only. It is
+BMAML's chaser with the L2 distance between particles replaced by the KL between Gaussians.
 
-Adaptation at meta-test (:meth:`adapt`) runs the same whitened SGD through Pyro SVI
-(``InnerVI(guide="normal", optim=pyro.optim.SGD(...), whiten=True)``), which draws the same
-noise in the same order and gives the same posterior as :class:`UnrolledVI` (tested).
+Only the first run keeps a graph, so memory grows with its steps. Adaptation at meta-test
+(:meth:`adapt`) runs the same whitened SGD through Pyro SVI, which draws the same noise in the
+same order and gives the same posterior as :class:`UnrolledVI` (tested).
 
 Example::
 
-    learner = AmortizedBML(model, prior, inner_lr=0.05, inner_steps=5)
+    learner = AmortizedBML(model, prior, inner_lr=0.1, inner_steps=5)
     stats = learner.step(batch)
     post = learner.adapt(x_support, y_support)
 """
@@ -57,8 +60,9 @@ class _UnrolledGaussianLearner(MetaLearner):
     :param prior: the learnable prior Θ.
     :param meta_optim: a torch optimiser over ``prior.parameters()``; Adam(1e-3) if omitted.
     :param inner_lr: the inner SGD step size (whitened coordinates).
-    :param inner_steps: steps of the first inner run (on D_tr).
-    :param query_steps: steps of the second run (on D_val); defaults to ``inner_steps``.
+    :param inner_steps: steps of the inner run on D_tr.
+    :param query_steps: steps of the KL-chaser's second run (on D_val); defaults to
+        ``inner_steps``.
     :param num_particles: Monte Carlo draws per ELBO estimate.
     """
 
@@ -86,19 +90,10 @@ class _UnrolledGaussianLearner(MetaLearner):
             num_particles=num_particles,
         )
 
-    def fit_posteriors(self, batch: TaskBatch, through_query: bool) -> tuple[Gaussian, Gaussian]:
-        """(q_λtr, q_λtr⊕val) with a graph to Θ; the second without one unless ``through_query``."""
+    def fit_support(self, batch: TaskBatch) -> Gaussian:
+        """q_λtr, the posterior given D_tr, with its graph to Θ."""
         prior = (self.prior.loc, self.prior.scale)
-        support = self.unrolled.fit(self.log_likelihood(batch.support), prior)
-        start = support if through_query else tuple(p.detach() for p in support)
-        joint = self.unrolled.fit(
-            self.log_likelihood(batch.query),
-            start,
-            init=start,
-            steps=self.query_steps,
-            create_graph=through_query,
-        )
-        return support, joint
+        return self.unrolled.fit(self.log_likelihood(batch.support), prior)
 
     def step(self, batch: TaskBatch) -> dict:
         """One meta-iteration: both inner runs, the loss, backpropagation, a meta-optimiser step.
@@ -115,9 +110,9 @@ class _UnrolledGaussianLearner(MetaLearner):
 class AmortizedBML(_UnrolledGaussianLearner):
     """The ELBO-gradient row of Table 1: Amortized BML (L[1]) or, with ``plus``, the L[2] cell.
 
-    :param plus: ``False``: ascend ELBO(λ_tr⊕val(Θ); Θ; D_tr ∪ D_val), a bound on L[1] (Ravi &
-        Beatson's Amortized BML in the paper's framing, eq. 4). ``True``: ascend
-        ELBO(λ_tr⊕val; q_λtr(Θ); D_val), a bound on L[2] = log P(D_val | D_tr; Θ).
+    :param plus: ``False``: ascend ELBO(λ_tr(Θ); Θ; D_tr ∪ D_val), a bound on L[1] (Ravi &
+        Beatson's Amortized BML; the paper's eq. 4). ``True``: ascend
+        E_{q_λtr(Θ)} log P(D_val | θ), a bound on L[2] = log P(D_val | D_tr; Θ).
     """
 
     def __init__(self, *args, plus: bool = False, **kwargs):
@@ -129,13 +124,13 @@ class AmortizedBML(_UnrolledGaussianLearner):
         return "abml+" if self.plus else "abml"
 
     def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
-        support, joint = self.fit_posteriors(batch, through_query=True)
+        support = self.fit_support(batch)
         if self.plus:
-            elbo = self.unrolled.elbo(self.log_likelihood(batch.query), joint, support)
+            bound = self.unrolled.expected_log_likelihood(self.log_likelihood(batch.query), support)
         else:
             prior = (self.prior.loc, self.prior.scale)
-            elbo = self.unrolled.elbo(self.log_likelihood(batch.joint()), joint, prior)
-        return -elbo, {}
+            bound = self.unrolled.elbo(self.log_likelihood(batch.joint()), support, prior)
+        return -bound, {}
 
 
 class KLChaser(_UnrolledGaussianLearner):
@@ -145,5 +140,13 @@ class KLChaser(_UnrolledGaussianLearner):
     name = "kl-chaser"
 
     def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
-        support, joint = self.fit_posteriors(batch, through_query=False)
+        support = self.fit_support(batch)
+        start = tuple(p.detach() for p in support)
+        joint = self.unrolled.fit(
+            self.log_likelihood(batch.query),
+            start,
+            init=start,
+            steps=self.query_steps,
+            create_graph=False,
+        )
         return gaussian_kl(joint, support), {}

@@ -6,26 +6,26 @@ The same inner-loop options apply wherever a method allows them; a method that n
 (its meta-gradient differentiates or averages the inner steps) rejects another optimiser with an
 error that says so.
 
-==============  ===========  =========  ==============================  ======================
-method          posterior    objective  meta-gradient                   inner optimiser
-==============  ===========  =========  ==============================  ======================
-gem-bml         Gaussian     L[1]       Gradient-EM                     any PyroOptim
-gem-bml+        Gaussian     L[2]       Gradient-EM                     any PyroOptim
-abml            Gaussian     L[1]       backprop through inner VI       SGD
-abml+           Gaussian     L[2]       backprop through inner VI       SGD
-kl-chaser       Gaussian     L[2]       KL chaser (GEM + backprop)      SGD
-bmaml           particles    L[2]       SVGD chaser, backprop           SVGD steps
-maml            delta        L[2]       backprop through inner steps    SGD
-fomaml          delta        L[2]       first-order backprop            SGD
-imaml           delta        L[2]       implicit (CG on Hessian)        any PyroOptim
-reptile         delta        L[1]       Gradient-EM (fixed variance)    SGD
-pretrain        point prior  pooled     ∇ log P(all data | m)           SGD (fine-tuning)
-==============  ===========  =========  ==============================  ======================
+==========  ===========  =========  ==========================================  ==============
+method      posterior    objective  meta-gradient                               inner optimiser
+==========  ===========  =========  ==========================================  ==============
+gem-bml     Gaussian     L[1]       Gradient-EM                                 any PyroOptim
+gem-bml+    Gaussian     L[2]       Gradient-EM                                 any PyroOptim
+abml        Gaussian     L[1]       backprop through the inner VI (ELBO grad.)  SGD
+abml+       Gaussian     L[2]       backprop through the inner VI (ELBO grad.)  SGD
+kl-chaser   Gaussian     L[2]       KL chaser: Gradient-EM + backprop           SGD
+bmaml       particles    L[2]       SVGD chaser, backprop                       SVGD steps
+maml        delta        L[2]       backprop through the inner steps            SGD
+fomaml      delta        L[2]       first-order backprop                        SGD
+imaml       delta        L[2]       implicit (CG on Hessian-vector products)    any PyroOptim
+reptile     delta        L[1]       Gradient-EM with a fixed variance           SGD
+pretrain    point prior  pooled     ∇_m log P(all tasks' data | m)              SGD (fine-tune)
+==========  ===========  =========  ==========================================  ==============
 
 Example::
 
     learner = build("gem-bml+", model, prior, {"inner_optim": "adam", "inner_lr": 0.2, ...})
-    METHOD_TABLE["imaml"].meta_gradient      # "implicit (CG on Hessian)"
+    METHOD_TABLE["imaml"].meta_gradient      # "implicit"
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class Method:
     posterior: str
     objective: str
     meta_gradient: str
-    #: inner optimisers the method accepts by name; ``None``: any of :data:`INNER_OPTIMS`.
-    inner_optims: tuple[str, ...] | None
+    #: why the method needs plain SGD inner steps; ``None``: any of :data:`INNER_OPTIMS` works.
+    needs_sgd: str | None
     make: Callable
 
 
@@ -135,35 +135,31 @@ def _bmaml(model, prior, config):
     return learner
 
 
-_SGD = ("sgd",)
+_BACKPROP = "its meta-gradient backpropagates through them"
 METHOD_TABLE: dict[str, Method] = {
     m.name: m
     for m in (
         Method("gem-bml", "Gaussian", "L[1]", "Gradient-EM", None, _gem(False)),
         Method("gem-bml+", "Gaussian", "L[2]", "Gradient-EM", None, _gem(True)),
+        Method("abml", "Gaussian", "L[1]", "backprop", _BACKPROP, _unrolled(AmortizedBML)),
         Method(
-            "abml", "Gaussian", "L[1]", "backprop through inner VI", _SGD, _unrolled(AmortizedBML)
+            "abml+", "Gaussian", "L[2]", "backprop", _BACKPROP, _unrolled(AmortizedBML, plus=True)
+        ),
+        Method("kl-chaser", "Gaussian", "L[2]", "KL chaser", _BACKPROP, _unrolled(KLChaser)),
+        Method("bmaml", "particles", "L[2]", "SVGD chaser", "SVGD steps, backpropagated", _bmaml),
+        Method("maml", "delta", "L[2]", "backprop", _BACKPROP, _point(MAML)),
+        Method("fomaml", "delta", "L[2]", "first-order", _BACKPROP, _point(MAML, first_order=True)),
+        Method("imaml", "delta", "L[2]", "implicit", None, _point(IMAML)),
+        Method(
+            "reptile", "delta", "L[1]", "Gradient-EM", "Reptile averages SGD steps", _point(Reptile)
         ),
         Method(
-            "abml+",
-            "Gaussian",
-            "L[2]",
-            "backprop through inner VI",
-            _SGD,
-            _unrolled(AmortizedBML, plus=True),
-        ),
-        Method(
-            "kl-chaser", "Gaussian", "L[2]", "KL chaser (GEM + backprop)", _SGD, _unrolled(KLChaser)
-        ),
-        Method("bmaml", "particles", "L[2]", "SVGD chaser, backprop", _SGD, _bmaml),
-        Method("maml", "delta", "L[2]", "backprop through inner steps", _SGD, _point(MAML)),
-        Method(
-            "fomaml", "delta", "L[2]", "first-order backprop", _SGD, _point(MAML, first_order=True)
-        ),
-        Method("imaml", "delta", "L[2]", "implicit (CG on Hessian)", None, _point(IMAML)),
-        Method("reptile", "delta", "L[1]", "Gradient-EM (fixed variance)", _SGD, _point(Reptile)),
-        Method(
-            "pretrain", "point prior", "pooled", "∇ log P(all data | m)", _SGD, _point(PreTraining)
+            "pretrain",
+            "point prior",
+            "pooled",
+            "pooled likelihood",
+            "it fine-tunes by MAML's gradient steps",
+            _point(PreTraining),
         ),
     )
 }
@@ -186,9 +182,9 @@ def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
     optim = config["inner_optim"]
     if optim not in INNER_OPTIMS:
         raise ValueError(f"unknown inner optimiser {optim!r}: choose one of {list(INNER_OPTIMS)}")
-    if method.inner_optims is not None and optim not in method.inner_optims:
+    if method.needs_sgd and optim != "sgd":
         raise ValueError(
-            f"{name} backpropagates through or averages plain SGD inner steps "
-            f"({method.meta_gradient}): set inner_optim to 'sgd' (got {optim!r})"
+            f"{name} needs plain SGD inner steps ({method.needs_sgd}): set inner_optim to "
+            f"'sgd' (got {optim!r})"
         )
     return method.make(model, prior, config)

@@ -110,8 +110,14 @@ class UnrolledVI:
                 a, rho = a.detach(), rho.detach()
         return m + sigma * a, sigma * F.softplus(rho)
 
-    def elbo(self, loglik: TaskLogLikelihood, posterior: Gaussian, prior: Gaussian) -> torch.Tensor:
-        """A reparameterised ELBO estimate per task, ``(T,)``: E_q log P(D | θ) − KL(q ‖ prior)."""
+    def expected_log_likelihood(
+        self, loglik: TaskLogLikelihood, posterior: Gaussian
+    ) -> torch.Tensor:
+        """A reparameterised estimate of E_q log P(D | θ) per task, ``(T,)``."""
         loc, scale = posterior
         eps = torch.randn((self.num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
-        return loglik(loc + scale * eps).mean(0) - gaussian_kl(posterior, prior)
+        return loglik(loc + scale * eps).mean(0)
+
+    def elbo(self, loglik: TaskLogLikelihood, posterior: Gaussian, prior: Gaussian) -> torch.Tensor:
+        """A reparameterised ELBO estimate per task, ``(T,)``: E_q log P(D | θ) − KL(q ‖ prior)."""
+        return self.expected_log_likelihood(loglik, posterior) - gaussian_kl(posterior, prior)
