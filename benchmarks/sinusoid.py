@@ -60,6 +60,8 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
         seed=args.seed,
         out_dir=run_dir,
         resume=True,
+        meta_lr_milestones=config["meta_lr_milestones"],
+        meta_lr_gamma=config["meta_lr_gamma"],
         config=config,
         eval_every=args.eval_every,
         eval_tasks=args.eval_tasks,
@@ -89,6 +91,8 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
         "likelihood_noise": getattr(mf.module, "noise", None),
         "initial_prior_scale": initial_scale,
         "meta_lr": config["meta_lr"],
+        "meta_lr_milestones": config["meta_lr_milestones"],
+        "meta_lr_gamma": config["meta_lr_gamma"],
     }
     result["config"] = inner
     return result, history

@@ -44,6 +44,11 @@ config = {
     # Per-method settings (pyro-gem train --method maml ...). MAML's step of 0.01 on the mean
     # squared error of K = 10 points is 0.01 * 2 * noise**2 / 10 on the log-likelihood.
     "methods": {
+        # Gradient-EM's estimate is noisy per iteration and Adam turns noise into steps of about
+        # its learning rate: at a constant 1e-3 the prior random-walks away once the signal is
+        # learned (held-out MSE 0.42 at 6,000 iterations, 1.17 at 17,000). A step schedule.
+        "gem-bml": {"meta_lr_milestones": [5000, 20000]},
+        "gem-bml+": {"meta_lr_milestones": [5000, 20000]},
         "maml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
         "fomaml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
         "reptile": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 5},

@@ -28,6 +28,8 @@ DEFAULTS = {
     "meta_iterations": 1500,
     "meta_batch": 25,
     "meta_lr": 1e-3,
+    "meta_lr_milestones": [],
+    "meta_lr_gamma": 0.1,
     "inner_optim": "adam",
     "inner_lr": 0.2,
     "inner_steps": 20,
@@ -69,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-iterations", type=int)
     t.add_argument("--meta-batch", type=int)
     t.add_argument("--meta-lr", type=float)
+    t.add_argument(
+        "--meta-lr-milestones",
+        type=int,
+        nargs="*",
+        help="iterations at which the meta learning rate is multiplied by --meta-lr-gamma",
+    )
+    t.add_argument("--meta-lr-gamma", type=float)
     t.add_argument("--inner-optim", choices=sorted(INNER_OPTIMS))
     t.add_argument("--inner-lr", type=float)
     t.add_argument("--inner-steps", type=int)
@@ -143,6 +152,8 @@ def _train(args) -> int:
         seed=config["seed"],
         out_dir=out,
         resume=args.resume,
+        meta_lr_milestones=config["meta_lr_milestones"],
+        meta_lr_gamma=config["meta_lr_gamma"],
         config=config,
         progress=not args.no_progress,
     )

@@ -20,6 +20,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,8 @@ def train(
     eval_every: int = 250,
     eval_tasks: int = 100,
     eval_steps: int | None = None,
+    meta_lr_milestones: Sequence[int] = (),
+    meta_lr_gamma: float = 0.1,
     config: dict | None = None,
     progress: bool = True,
 ) -> list[dict]:
@@ -107,6 +110,12 @@ def train(
         evaluation runs on a forked random state, so it never changes the training trajectory.
     :param eval_tasks: held-out tasks in those evaluations.
     :param eval_steps: inner steps of the evaluation (defaults to the learner's).
+    :param meta_lr_milestones: iterations at which the meta-optimiser's learning rate is
+        multiplied by ``meta_lr_gamma`` (a step schedule, a function of the iteration alone, so
+        that a resumed run follows it exactly). Gradient-EM's per-iteration estimate is noisy,
+        and Adam turns noise into steps of about its learning rate: a constant rate lets the
+        prior random-walk away once the signal has been learned.
+    :param meta_lr_gamma: the factor applied at each milestone.
     :param config: the run's options, stored beside the checkpoint.
     :returns: per-iteration statistics (one dict per iteration: the learner's statistics, the
         step's wall time ``seconds``, and ``heldout_mse`` where evaluated).
@@ -127,6 +136,8 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         start = int(state["iteration"])
         history = history[:start]
+    for group in learner.meta_optim.param_groups:
+        group.setdefault("initial_lr", group["lr"])
     heldout = tasks.test_tasks(eval_tasks) if eval_every else None
     last_mse = math.nan
     bar = tqdm(
@@ -139,6 +150,9 @@ def train(
     )
     diverged = 0
     for it in bar:
+        decay = meta_lr_gamma ** sum(it >= m for m in meta_lr_milestones)
+        for group in learner.meta_optim.param_groups:
+            group["lr"] = group["initial_lr"] * decay
         tick = time.perf_counter()
         with warnings.catch_warnings():
             # Diverged tasks are counted in the progress bar and kept in the history instead.

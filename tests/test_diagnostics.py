@@ -6,6 +6,7 @@ import torch
 from sinusoid_fixtures import small_sinusoid
 
 from pyro_gem import GEMBML, InnerVI, Sinusoid
+from pyro_gem.bmaml import BMAML
 from pyro_gem.diagnostics import plot_tasks, plot_training, to_inference_data
 
 matplotlib.use("Agg")
@@ -68,3 +69,14 @@ def test_plots(tmp_path):
         for i in range(1, 5)
     ]
     assert plot_training(history, tmp_path / "training.png").stat().st_size > 1000
+
+
+def test_particle_posterior_exports_to_arviz():
+    """BMAML's particle posterior goes through the same export as an autoguide posterior."""
+    model, prior = small_sinusoid()
+    learner = BMAML(model, prior, num_particles=4)
+    tasks = Sinusoid().test_tasks(3)
+    post = learner.adapt(*tasks.support)
+    idata = to_inference_data(post, (tasks.query[0],), observed=tasks.query[1], num_samples=8)
+    assert {"posterior", "prior", "posterior_predictive", "log_likelihood"} <= set(idata.groups())
+    assert idata.posterior["mean"].shape[-2:] == (3, tasks.query[0].shape[1])

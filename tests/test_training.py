@@ -20,7 +20,7 @@ def make_learner():
     )
 
 
-def run(out_dir, iterations, resume=False, learner=None):
+def run(out_dir, iterations, resume=False, learner=None, milestones=()):
     learner = learner or make_learner()
     history = train(
         learner,
@@ -33,6 +33,8 @@ def run(out_dir, iterations, resume=False, learner=None):
         checkpoint_every=2,
         eval_every=3,
         eval_tasks=5,
+        meta_lr_milestones=milestones,
+        meta_lr_gamma=0.5,
         progress=False,
     )
     return learner, history
@@ -71,3 +73,13 @@ def test_evaluation_does_not_change_the_trajectory(tmp_path):
 def test_train_rejects_bad_options():
     with pytest.raises(ValueError, match="meta_batch"):
         train(make_learner(), Sinusoid(), meta_iterations=1, meta_batch=0, progress=False)
+
+
+def test_meta_lr_schedule_is_followed_and_resumes_exactly(tmp_path):
+    straight, _ = run(tmp_path / "a", 6, milestones=(2, 5))
+    assert [g["lr"] for g in straight.meta_optim.param_groups] == [1e-3 * 0.25]
+    run(tmp_path / "b", 3, milestones=(2, 5))  # stopped between the milestones
+    resumed, _ = run(tmp_path / "b", 6, resume=True, milestones=(2, 5))
+    torch.testing.assert_close(resumed.prior.loc, straight.prior.loc, rtol=0, atol=0)
+    constant, _ = run(None, 6)
+    assert not torch.equal(constant.prior.loc, straight.prior.loc)
