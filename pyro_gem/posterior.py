@@ -23,6 +23,15 @@ from pyro_gem.inner import InnerFit, finite_tasks
 __all__ = ["ParticlePosterior", "Posterior"]
 
 
+def _nan_diverged(draws: dict[str, torch.Tensor], diverged: torch.Tensor) -> None:
+    """Set the draws of diverged tasks (dimension 1 of each per-task value) to NaN, in place."""
+    if not diverged.any():
+        return
+    for value in draws.values():
+        if value.is_floating_point() and value.dim() > 1 and value.shape[1] == diverged.numel():
+            value[:, diverged] = torch.nan
+
+
 class Posterior:
     """q(θ) for T tasks after an inner VI run.
 
@@ -84,14 +93,7 @@ class Posterior:
                 parallel=True,
             )
             draws = predictive(*args, **kwargs)
-        if diverged.any():
-            for value in draws.values():
-                if (
-                    value.is_floating_point()
-                    and value.dim() > 1
-                    and value.shape[1] == self.num_tasks
-                ):
-                    value[:, diverged] = torch.nan
+        _nan_diverged(draws, diverged)
         # The whitened inner VI's auxiliary site is ours, not the user's.
         draws.pop(f"{self.site}_decentered", None)
         return draws
@@ -155,8 +157,5 @@ class ParticlePosterior:
             )
             out = predictive(*args, **kwargs)
         out.setdefault(self.site, draws)
-        if diverged.any():
-            for value in out.values():
-                if value.is_floating_point() and value.dim() > 1 and value.shape[1] == n:
-                    value[:, diverged] = torch.nan
+        _nan_diverged(out, diverged)
         return out
