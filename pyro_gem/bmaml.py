@@ -110,6 +110,10 @@ class BMAML(MetaLearner):
         self.steps = int(inner_steps)
         self.leader_steps = self.steps if leader_steps is None else int(leader_steps)
 
+    @property
+    def adapt_steps(self) -> int:
+        return self.steps
+
     def meta_parameters(self) -> dict[str, torch.Tensor]:
         return {"particles": self.particles}
 

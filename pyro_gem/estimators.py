@@ -129,8 +129,10 @@ def conjugate_gradient(
     """Solve A x = b for every row of ``b`` ``(T, D)`` at once, A symmetric positive definite.
 
     A task whose matrix shows non-positive curvature along a search direction (iMAML's
-    I + H/λ is indefinite when the inner loss is non-convex and λ small) stops there, with the
-    iterate reached so far (truncated CG, as Steihaug's), instead of dividing by it.
+    I + H/λ is indefinite when the inner loss is non-convex and λ small) stops there with the
+    iterate reached so far, or with ``b`` itself if that happens at the first iteration: the
+    rule of Newton-CG (Nocedal & Wright, Algorithm 7.1), which keeps a descent direction
+    instead of dividing by the curvature.
 
     :param matvec: ``v (T, D) -> A v``, each task's matrix applied to its own row.
     :param steps: conjugate-gradient iterations (exact after D in exact arithmetic).
@@ -139,12 +141,16 @@ def conjugate_gradient(
     r = b.clone()
     p = r.clone()
     rs = r.square().sum(-1, keepdim=True)
+    eps = torch.finfo(b.dtype).eps
     tiny = torch.finfo(b.dtype).tiny
     active = torch.ones_like(rs, dtype=torch.bool)
-    for _ in range(steps):
+    for i in range(steps):
         ap = matvec(p)
         curvature = (p * ap).sum(-1, keepdim=True)
-        active = active & (curvature > tiny) & (rs > tiny)
+        positive = curvature > eps * p.square().sum(-1, keepdim=True)
+        if i == 0:
+            x = torch.where(positive, x, b)
+        active = active & positive & (rs > tiny)
         alpha = torch.where(active, rs / curvature.clamp_min(tiny), 0.0)
         x = x + alpha * p
         r = r - alpha * ap

@@ -65,6 +65,11 @@ class MetaLearner:
             self._nesting = plate_nesting(self.model, args, self.prior.name)
         return self._nesting
 
+    @property
+    def adapt_steps(self) -> int:
+        """The inner steps :meth:`adapt` takes unless told otherwise."""
+        return self.inner.steps
+
     def adapt_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior ``(loc, scale)`` that :meth:`adapt` starts from and regularises towards."""
         return self.prior.loc.detach(), self.prior.scale.detach()
@@ -88,7 +93,7 @@ class MetaLearner:
             record=record,
             nesting=self.nesting(support),
         )
-        return Posterior(fit, self.prior.name, self.inner.steps if steps is None else steps)
+        return Posterior(fit, self.prior.name, self.adapt_steps if steps is None else steps)
 
     def log_likelihood(self, args: Sequence) -> TaskLogLikelihood:
         """``theta (..., T, D) -> log P(D_τ | θ_τ)`` for the tasks in ``args``."""
@@ -105,36 +110,52 @@ class MetaLearner:
 
         ``task_losses(batch)`` returns the per-task losses ``(T,)`` (with their graph to the
         prior) and statistics. Tasks whose loss is not finite are left out: the losses are
-        computed again on the healthy tasks alone, so that no NaN can reach the prior's
-        gradient through the shared graph, and the update is the one of those tasks.
+        computed again on the healthy tasks alone (a NaN would otherwise reach the prior's
+        gradient through the shared graph), until every remaining loss is finite. The update is
+        the one of those tasks; if the gradient itself is not finite, no step is taken.
         """
         batch.validate()
         self.meta_optim.zero_grad()
+        index = torch.arange(len(batch))
         losses, stats = task_losses(batch)
-        ok = torch.isfinite(losses.detach())
-        bad = (~ok).nonzero().flatten().tolist()
+        bad: list[int] = []
+        while True:
+            ok = torch.isfinite(losses.detach())
+            if ok.all():
+                break
+            bad += index[~ok].tolist()
+            index = index[ok]
+            losses = None  # free the graph before building the next one
+            if not len(index):
+                break
+            losses, stats = task_losses(batch.select(index))
+        stats["nan_tasks"] = sorted(bad)
         if bad:
             warnings.warn(
-                f"inner loop diverged on tasks {bad}; they are left out of the meta-gradient",
+                f"inner loop diverged on tasks {sorted(bad)}; they are left out of the "
+                "meta-gradient",
                 stacklevel=3,
             )
-            if ok.any():
-                losses, stats = task_losses(batch.select(ok))
-        stats["nan_tasks"] = bad
-        if ok.any():
-            stats.setdefault("meta_objective", -losses.detach().mean().item())
-        else:
+        if losses is None:
             stats["meta_objective"] = float("nan")
-        if ok.any():
-            losses.mean().backward()
-            for name, param in self.meta_parameters().items():
-                if param.grad is not None:
-                    stats[f"grad_norm_{name}"] = param.grad.norm().item()
-            self.meta_optim.step()
-        else:
             warnings.warn(
                 "every task's inner loop diverged; the prior was not updated", stacklevel=3
             )
+        else:
+            stats.setdefault("meta_objective", -losses.detach().mean().item())
+            losses.mean().backward()
+            finite = True
+            for name, param in self.meta_parameters().items():
+                if param.grad is not None:
+                    stats[f"grad_norm_{name}"] = param.grad.norm().item()
+                    finite &= bool(torch.isfinite(param.grad).all())
+            if finite:
+                self.meta_optim.step()
+            else:
+                self.meta_optim.zero_grad()
+                warnings.warn(
+                    "the meta-gradient is not finite; the prior was not updated", stacklevel=3
+                )
         stats["prior_scale_median"] = self.prior.scale.median().item()
         return stats
 

@@ -106,8 +106,9 @@ def _unrolled(cls, **fixed):
 
 def _point(cls, **fixed):
     def make(model, prior, config):
+        extra = dict(fixed)
         if cls is IMAML:
-            fixed.update(
+            extra.update(
                 reg=config["reg"], cg_steps=config["cg_steps"], inner_optim=_inner_optim(config)
             )
         return cls(
@@ -116,7 +117,7 @@ def _point(cls, **fixed):
             torch.optim.Adam([prior.loc], lr=config["meta_lr"]),
             inner_lr=config["inner_lr"],
             inner_steps=config["inner_steps"],
-            **fixed,
+            **extra,
         )
 
     return make

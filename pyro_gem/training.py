@@ -163,7 +163,7 @@ def train(
         stats["iteration"] = it + 1
         if eval_every and (it + 1) % eval_every == 0:
             with torch.random.fork_rng():
-                steps = eval_steps if eval_steps is not None else learner.inner.steps
+                steps = eval_steps if eval_steps is not None else learner.adapt_steps
                 score = meta_test(learner, heldout, steps=(steps,), num_samples=50)
             last_mse = score["mse"][str(steps)][0]
             stats["heldout_mse"] = last_mse

@@ -17,10 +17,19 @@ def run(*args):
 
 
 def test_sinusoid_quick(tmp_path):
-    summary = run("benchmarks/sinusoid.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    methods = ("gem-bml", "gem-bml+", "abml", "bmaml", "maml")  # one of each kind
+    summary = run(
+        "benchmarks/sinusoid.py",
+        "--quick",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+        "--methods",
+        *methods,
+    )
     report = json.loads((tmp_path / "sinusoid_quick.json").read_text())
     for setting in ("default", "challenging"):
-        for method in ("gem-bml", "gem-bml+"):
+        for method in methods:
             res = report["results"][setting][method]
             assert set(res["mse"]) == {"0", "1", "5", "10"} and 0 <= res["coverage90"] <= 1
             assert f"{setting}/{method}/mse10" in summary

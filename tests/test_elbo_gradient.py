@@ -111,3 +111,29 @@ def test_a_diverged_task_is_left_out_of_the_backpropagated_gradient():
         stats = learner.step(bad)
     assert stats["nan_tasks"] == [1]
     assert all(torch.isfinite(p).all() for p in prior.parameters())
+
+
+def test_backprop_step_drops_tasks_until_every_loss_is_finite():
+    """A task may diverge only when the losses are recomputed (fresh noise): it is dropped too,
+    and the update equals the one of the remaining tasks alone."""
+    model, prior = small_sinusoid()
+    learner = AmortizedBML(model, prior, torch.optim.SGD(prior.parameters(), lr=0.0))
+    batch = Sinusoid().sample(4, torch.Generator().manual_seed(0))
+    calls = []
+
+    def losses(b):
+        calls.append(len(b))
+        value = (prior.loc.sum() + b.support[1].sum(-1)) * prior.log_scale.sum()
+        if len(calls) == 1:
+            value = torch.where(torch.arange(len(b)) == 1, torch.nan, value)
+        if len(calls) == 2:
+            value = torch.where(torch.arange(len(b)) == 2, torch.nan, value)  # task 3 of 4
+        return value, {}
+
+    with pytest.warns(UserWarning, match=r"diverged on tasks \[1, 3\]"):
+        stats = learner.backprop_step(batch, losses)
+    assert calls == [4, 3, 2] and stats["nan_tasks"] == [1, 3]
+    expected = batch.support[1][[0, 2]].sum(-1).mean() + prior.loc.sum()
+    torch.testing.assert_close(
+        prior.log_scale.grad, torch.full_like(prior.log_scale, expected.item())
+    )

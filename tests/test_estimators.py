@@ -126,8 +126,15 @@ def test_conjugate_gradient_solves_each_task_and_stops_at_negative_curvature():
     rhs = torch.randn(3, 5, generator=gen, dtype=torch.float64)
     x = conjugate_gradient(lambda v: (spd @ v[..., None])[..., 0], rhs, steps=5)
     torch.testing.assert_close(x, torch.linalg.solve(spd, rhs))
-    # An indefinite matrix for task 1: its iterate stays finite (truncated), the others solve.
-    spd[1] = torch.diag(torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0], dtype=torch.float64))
-    x = conjugate_gradient(lambda v: (spd @ v[..., None])[..., 0], rhs, steps=5)
-    assert torch.isfinite(x).all()
-    torch.testing.assert_close(x[[0, 2]], torch.linalg.solve(spd[[0, 2]], rhs[[0, 2]]))
+    # Indefinite matrices stop at non-positive curvature: at the first iteration with b (the
+    # steepest-descent direction), later with the iterate reached so far (Newton-CG's rule).
+    a = torch.tensor([[[-2.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, -0.5]]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 0.1], [1.0, 0.5]], dtype=torch.float64)
+    x = conjugate_gradient(lambda v: (a @ v[..., None])[..., 0], b, steps=2)
+    torch.testing.assert_close(x[0], b[0])
+    ab = a[1] @ b[1]
+    x1 = (b[1] @ b[1]) / (b[1] @ ab) * b[1]  # one CG step
+    r1 = b[1] - (b[1] @ b[1]) / (b[1] @ ab) * ab
+    p1 = r1 + (r1 @ r1) / (b[1] @ b[1]) * b[1]
+    assert p1 @ (a[1] @ p1) < 0  # the second direction has negative curvature: stop at x1
+    torch.testing.assert_close(x[1], x1)
