@@ -24,12 +24,13 @@ __all__ = ["ParticlePosterior", "Posterior"]
 
 
 def _nan_diverged(draws: dict[str, torch.Tensor], diverged: torch.Tensor) -> None:
-    """Set the draws of diverged tasks (dimension 1 of each per-task value) to NaN, in place."""
+    """Replace the draws of diverged tasks (dimension 1 of each per-task value) by NaN."""
     if not diverged.any():
         return
-    for value in draws.values():
+    for name, value in draws.items():
         if value.is_floating_point() and value.dim() > 1 and value.shape[1] == diverged.numel():
-            value[:, diverged] = torch.nan
+            mask = diverged.reshape((1, -1) + (1,) * (value.dim() - 2))
+            draws[name] = torch.where(mask, torch.nan, value)
 
 
 class Posterior:

@@ -7,6 +7,8 @@ import torch
 from sinusoid_fixtures import small_sinusoid
 
 from pyro_gem import GEMBML, GaussianPrior, InnerVI, Sinusoid, TaskBatch, gem_gradient, meta_test
+from pyro_gem.cli import DEFAULTS
+from pyro_gem.methods import build
 
 
 def batch_of(num_tasks=5, seed=0):
@@ -174,9 +176,14 @@ def test_user_conv_model_with_batchnorm_and_factor_likelihood():
     assert prior.loc.grad is not None and torch.isfinite(prior.loc.grad).all()
 
 
-def test_meta_test_counts_diverged_tasks_and_keeps_going():
+@pytest.mark.parametrize("method", ["gem-bml+", "imaml", "maml", "bmaml"])
+def test_meta_test_counts_diverged_tasks_and_keeps_going(method):
     model, prior = small_sinusoid()
-    learner = GEMBML(model, prior, inner=InnerVI(steps=2, optim=pyro.optim.Adam({"lr": 0.05})))
+    config = {**DEFAULTS, "method": method, "inner_steps": 2, "reg": 100.0, "num_particles": 2}
+    config.update(
+        {"inner_lr": 0.05} if method == "gem-bml+" else {"inner_optim": "sgd", "inner_lr": 1e-3}
+    )
+    learner = build(method, model, prior, config)
     test = Sinusoid().test_tasks(4)
     y = test.support[1].clone()
     y[1] = 3e38
