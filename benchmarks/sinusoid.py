@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import pyro
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,6 +43,9 @@ STEPS = (0, 1, 5, 10)
 
 
 def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
+    # The model file initialises the network when it runs: seed first, so that every method
+    # starts from the same weights whatever this process ran before.
+    pyro.set_rng_seed(args.seed)
     mf = load_model_file(ROOT / "models" / "sinusoid.py")
     mf.tasks = Sinusoid(setting, shots=args.shots)
     config = resolve_config(
