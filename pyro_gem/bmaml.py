@@ -139,14 +139,6 @@ class BMAML(MetaLearner):
         stats = {"meta_objective": query[query.isfinite()].mean().item()}
         return (chaser - leader).square().sum((-2, -1)), stats
 
-    def step(self, batch: TaskBatch) -> dict:
-        """One meta-iteration: chaser and leader SVGD runs, the chaser loss, a meta-step.
-
-        :returns: statistics: the query log-likelihood of the chaser particles
-            (``meta_objective``), the gradient norm and the tasks left out.
-        """
-        return self.backprop_step(batch, self.task_losses)
-
     def adapt(
         self, *support: torch.Tensor, steps: int | None = None, record: Sequence[int] = ()
     ) -> ParticlePosterior:

@@ -95,17 +95,6 @@ class _UnrolledGaussianLearner(MetaLearner):
         prior = (self.prior.loc, self.prior.scale)
         return self.unrolled.fit(self.log_likelihood(batch.support), prior)
 
-    def step(self, batch: TaskBatch) -> dict:
-        """One meta-iteration: both inner runs, the loss, backpropagation, a meta-optimiser step.
-
-        :returns: statistics: the meta-objective estimate, gradient norms, the median prior
-            scale and the tasks left out for non-finite values.
-        """
-        return self.backprop_step(batch, self.task_losses)
-
-    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
-
 
 class AmortizedBML(_UnrolledGaussianLearner):
     """The ELBO-gradient row of Table 1: Amortized BML (L[1]) or, with ``plus``, the L[2] cell.

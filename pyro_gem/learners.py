@@ -103,6 +103,19 @@ class MetaLearner:
         """The tensors the meta-optimiser learns, by name (for statistics)."""
         return {"loc": self.prior.loc, "log_scale": self.prior.log_scale}
 
+    def step(self, batch: TaskBatch) -> dict:
+        """One meta-iteration on a batch of tasks: :meth:`backprop_step` of :meth:`task_losses`
+        (learners whose meta-gradient is not backpropagated, like :class:`GEMBML`, override it).
+
+        :returns: statistics: the meta-objective estimate, gradient norms, the median prior
+            scale and the tasks left out for non-finite values.
+        """
+        return self.backprop_step(batch, self.task_losses)
+
+    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        """Per-task losses ``(T,)`` whose gradient is the method's meta-gradient, and statistics."""
+        raise NotImplementedError
+
     def backprop_step(
         self, batch: TaskBatch, task_losses: Callable[[TaskBatch], tuple[torch.Tensor, dict]]
     ) -> dict:
@@ -250,11 +263,13 @@ class GEMBML(MetaLearner):
         stats["meta_objective"] = l2 if self.estimator.plus else l1
         self.meta_optim.zero_grad()
         if not ok.any():
-            warnings.warn("every task's inner VI diverged; the prior was not updated", stacklevel=2)
+            warnings.warn(
+                "every task's inner loop diverged; the prior was not updated", stacklevel=2
+            )
         else:
             if bad:
                 warnings.warn(
-                    f"inner VI diverged on tasks {bad}; they are left out of the meta-gradient",
+                    f"inner loop diverged on tasks {bad}; they are left out of the meta-gradient",
                     stacklevel=2,
                 )
             g_loc, g_log_scale = self.estimator(

@@ -1,5 +1,5 @@
-"""Per-task log-likelihoods of a Pyro model at given weights: the objectives of point-estimate
-inner loops (MAML, first-order MAML, Reptile).
+"""Per-task log-likelihoods of a Pyro model at given weights: the objectives of the inner loops
+that are not Pyro SVI (MAML, Reptile, iMAML's implicit gradient, the unrolled VI of ABML, SVGD).
 
 A point-estimate inner loop adapts the weights θ of each task by gradient steps on the task's
 negative log-likelihood. :func:`task_log_likelihood` evaluates log P(D_τ | θ_τ) for T tasks at once

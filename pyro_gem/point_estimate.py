@@ -83,17 +83,6 @@ class _PointEstimateLearner(MetaLearner):
         # adapt() runs the same K gradient steps through Pyro SVI with a delta guide.
         return self.prior.loc.detach(), torch.full_like(self.prior.loc, _FLAT_PRIOR_SCALE)
 
-    def step(self, batch: TaskBatch) -> dict:
-        """One meta-iteration on a batch of tasks (tasks whose inner loop diverged are left out).
-
-        :returns: statistics: the meta-objective, the gradient norm, the tasks left out.
-        """
-        return self.backprop_step(batch, self.task_losses)
-
-    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
-        """Per-task losses ``(T,)`` whose gradient in m is the method's meta-gradient."""
-        raise NotImplementedError
-
 
 class MAML(_PointEstimateLearner):
     """MAML: backpropagation through K inner gradient steps, objective L[2].

@@ -156,7 +156,7 @@ def train(
         tick = time.perf_counter()
         with warnings.catch_warnings():
             # Diverged tasks are counted in the progress bar and kept in the history instead.
-            warnings.filterwarnings("ignore", message="inner (VI|loop) diverged")
+            warnings.filterwarnings("ignore", message="inner loop diverged")
             stats = learner.step(tasks.sample(meta_batch, generator))
         stats["seconds"] = time.perf_counter() - tick
         diverged += len(stats.get("nan_tasks", ()))
