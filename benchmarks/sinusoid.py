@@ -3,7 +3,8 @@
 Meta-trains each method (``--methods``; all of :data:`pyro_gem.METHODS` by default) on the
 default (MAML) and challenging (BMAML) sinusoid settings with the model of ``models/sinusoid.py``
 and the per-method settings of its ``config``: the same seeds, network, meta-batch and budget for
-every method. Then meta-tests on held-out tasks: MSE after 0, 1, 5 and 10 inner steps (mean and
+every method, and the plain torch.func MAML of ``maml_reference.py`` (``maml-reference``) beside
+them. Then meta-tests on held-out tasks: MSE after 0, 1, 5 and 10 inner steps (mean and
 95% CI) and the coverage of the 90% predictive interval (for the point-estimate methods that
 interval comes from the likelihood noise alone).
 
@@ -40,6 +41,9 @@ from pyro_gem.training import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (0, 1, 5, 10)
+# The plain torch.func MAML of benchmarks/maml_reference.py, trained on the same task stream:
+# the bar that pyro_gem's MAML is read against.
+REFERENCE = "maml-reference"
 
 
 def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
@@ -107,6 +111,22 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
     return result, history
 
 
+def run_reference(setting: str, args) -> dict:
+    from maml_reference import reference_maml, reference_scores  # this script's directory
+
+    tasks = Sinusoid(setting, shots=args.shots)
+    net, params, adapt, per_iteration = reference_maml(
+        tasks, args.meta_iterations, args.meta_batch, 0.01, 1, 1e-3, args.seed
+    )
+    test = tasks.test_tasks(args.test_tasks)
+    return {
+        "mse": reference_scores(net, params, adapt, test, ks=STEPS),
+        "coverage90": None,
+        "seconds_per_iteration": per_iteration,
+        "config": {"inner_optim": "sgd on the MSE", "inner_lr": 0.01, "inner_steps": 1},
+    }
+
+
 def plot(results: dict, histories: dict, out: Path) -> None:
     settings = list(results)
     fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.6), squeeze=False)
@@ -149,7 +169,8 @@ def plot(results: dict, histories: dict, out: Path) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: few iterations and tasks")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    methods = [*METHODS, REFERENCE]
+    p.add_argument("--methods", nargs="+", default=methods, choices=methods)
     p.add_argument("--settings", nargs="+", default=["default", "challenging"])
     p.add_argument("--meta-iterations", type=int, default=40000)
     p.add_argument("--meta-batch", type=int, default=25)
@@ -172,7 +193,10 @@ def main(argv=None) -> dict:
     results = {}
     for setting in args.settings:
         for method in args.methods:
-            result, _ = run_one(method, setting, args)
+            if method == REFERENCE:
+                result = run_reference(setting, args)
+            else:
+                result, _ = run_one(method, setting, args)
             results.setdefault(setting, {})[method] = result
             print(f"{setting:>11} {method:>9}: " + json.dumps(result["mse"]), flush=True)
     # Read the file only now: several invocations (one per core) may share it.

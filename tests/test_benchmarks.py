@@ -18,6 +18,7 @@ def run(*args):
 
 def test_sinusoid_quick(tmp_path):
     methods = ("gem-bml", "gem-bml+", "abml", "bmaml", "maml")  # one of each kind
+    reference = "maml-reference"
     summary = run(
         "benchmarks/sinusoid.py",
         "--quick",
@@ -26,6 +27,7 @@ def test_sinusoid_quick(tmp_path):
         str(tmp_path),
         "--methods",
         *methods,
+        reference,
     )
     report = json.loads((tmp_path / "sinusoid_quick.json").read_text())
     for setting in ("default", "challenging"):
@@ -33,6 +35,7 @@ def test_sinusoid_quick(tmp_path):
             res = report["results"][setting][method]
             assert set(res["mse"]) == {"0", "1", "5", "10"} and 0 <= res["coverage90"] <= 1
             assert f"{setting}/{method}/mse10" in summary
+        assert set(report["results"][setting][reference]["mse"]) == {"0", "1", "5", "10"}
     assert report["results"]["default"]["gem-bml+"]["config"]["inner_optim"] == "adam"
     assert (tmp_path / "sinusoid_mse.png").is_file()
     assert (tmp_path / "sinusoid_training.png").is_file()
