@@ -127,6 +127,32 @@ def run_reference(setting: str, args) -> dict:
     }
 
 
+def markdown_table(report: dict) -> str:
+    """The README's results table: MSE ± 95% CI after 1 / 5 / 10 steps, coverage, ms/iteration."""
+
+    def cell(v: list[float]) -> str:
+        mean, ci = v
+        if not mean < 1e3:  # diverged on some held-out tasks (inf/NaN included)
+            return f"diverges ({mean:.0e})"
+        return f"{mean:#.3g} ± {ci:#.2g}"
+
+    rows = [
+        "| setting | method | MSE after 1 step | 5 steps | 10 steps | 90% coverage | ms / iteration |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    order = [*METHODS, REFERENCE]
+    for setting, methods in report["results"].items():
+        for method, res in sorted(methods.items(), key=lambda kv: order.index(kv[0])):
+            cov = res.get("coverage90")
+            rows.append(
+                f"| {setting} | {method} | "
+                + " | ".join(cell(res["mse"][k]) for k in ("1", "5", "10"))
+                + f" | {'—' if cov is None else f'{cov:.2f}'}"
+                + f" | {1e3 * res['seconds_per_iteration']:.1f} |"
+            )
+    return "\n".join(rows)
+
+
 def plot(results: dict, histories: dict, out: Path) -> None:
     settings = list(results)
     fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.6), squeeze=False)
@@ -182,14 +208,20 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--table", action="store_true", help="print the results file as a Markdown table and exit"
+    )
     args = p.parse_args(argv)
+    path = args.out / ("sinusoid_quick.json" if args.quick else "sinusoid.json")
+    if args.table:
+        print(markdown_table(json.loads(path.read_text())))
+        return {}
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.meta_iterations, args.test_tasks = 4, 8
         args.eval_every, args.eval_tasks, args.meta_batch = 2, 4, 5
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("sinusoid_quick.json" if args.quick else "sinusoid.json")
     results = {}
     for setting in args.settings:
         for method in args.methods:

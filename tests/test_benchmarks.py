@@ -39,6 +39,15 @@ def test_sinusoid_quick(tmp_path):
     assert report["results"]["default"]["gem-bml+"]["config"]["inner_optim"] == "adam"
     assert (tmp_path / "sinusoid_mse.png").is_file()
     assert (tmp_path / "sinusoid_training.png").is_file()
+    table = subprocess.run(
+        [sys.executable, "benchmarks/sinusoid.py", "--quick", "--table", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(table) == 2 + 2 * (len(methods) + 1)  # header, rule, a row per setting and method
+    assert "| default | gem-bml+ |" in "\n".join(table)
 
 
 def test_inner_loop_small():
