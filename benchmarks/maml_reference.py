@@ -60,13 +60,20 @@ def reference_maml(tasks, iterations, batch, alpha, steps, meta_lr, seed):
 
 
 def reference_scores(net, params, adapt, test, ks=(1, 5, 10)):
-    scores = {}
+    """MSE ± 95% CI after each of ``ks`` steps, and the tasks left out as diverged.
+
+    As :func:`pyro_gem.meta_test` does: a task whose predictions are not finite after some step
+    count is counted in ``diverged`` and left out of every mean.
+    """
     p = {n: v.detach() for n, v in params.items()}
+    errors = {}
     for k in ks:
         fit = vmap(lambda xs, ys, k=k: adapt(p, xs, ys, k))(*test.support)
         pred = vmap(lambda q, xq: functional_call(net, q, (xq,)))(fit, test.query[0]).squeeze(-1)
-        scores[str(k)] = mean_ci95((pred - test.query[1]).square().mean(1))
-    return scores
+        errors[k] = (pred - test.query[1]).square().mean(1)
+    finite = torch.stack([e.isfinite() for e in errors.values()]).all(0)
+    scores = {str(k): mean_ci95(e[finite]) for k, e in errors.items()}
+    return scores, int((~finite).sum())
 
 
 def main(argv=None):
@@ -84,7 +91,7 @@ def main(argv=None):
     net, params, adapt, ref_time = reference_maml(
         tasks, args.meta_iterations, 25, 0.01, 1, 1e-3, args.seed
     )
-    ref = reference_scores(net, params, adapt, test)
+    ref, ref_diverged = reference_scores(net, params, adapt, test)
 
     mf = load_model_file(ROOT / "models" / "sinusoid.py")
     mf.tasks = tasks
@@ -94,12 +101,14 @@ def main(argv=None):
     for _ in range(args.meta_iterations):
         learner.step(tasks.sample(25, gen))
     ours_time = (time.perf_counter() - start) / max(args.meta_iterations, 1)
-    ours = meta_test(learner, test, steps=(1, 5, 10), num_samples=20)["mse"]
+    ours = meta_test(learner, test, steps=(1, 5, 10), num_samples=20)
     result = {
         "setting": args.setting,
         "meta_iterations": args.meta_iterations,
         "reference_mse": ref,
-        "pyro_gem_maml_mse": ours,
+        "reference_diverged": ref_diverged,
+        "pyro_gem_maml_mse": ours["mse"],
+        "pyro_gem_maml_diverged": ours["diverged"],
         "reference_s_per_iteration": ref_time,
         "pyro_gem_maml_s_per_iteration": ours_time,
         "pyro_gem_vs_reference_time": ours_time / ref_time,

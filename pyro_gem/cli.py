@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from pyro_gem.evaluation import meta_test
-from pyro_gem.methods import INNER_OPTIMS, METHODS, build
+from pyro_gem.methods import INNER_OPTIMS, METHODS, NEWTON, build
 from pyro_gem.modelfile import load_model_file
 from pyro_gem.training import load_checkpoint, train
 
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         help="iterations at which the meta learning rate is multiplied by --meta-lr-gamma",
     )
     t.add_argument("--meta-lr-gamma", type=float)
-    t.add_argument("--inner-optim", choices=sorted(INNER_OPTIMS))
+    t.add_argument("--inner-optim", choices=[*sorted(INNER_OPTIMS), NEWTON])
     t.add_argument("--inner-lr", type=float)
     t.add_argument("--inner-steps", type=int)
     t.add_argument("--query-steps", type=int)

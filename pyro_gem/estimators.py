@@ -19,6 +19,9 @@ that found it: dθ*/dm = (I + H/λ)⁻¹ with H = ∇²L_tr(θ*), so the meta-gr
 the solution g of (I + H/λ) g = ∇L_val(θ*), found by conjugate gradient on Hessian-vector
 products. Its cost, like Gradient-EM's, does not depend on the inner steps.
 
+iMAML's inner problem itself can be solved by :func:`proximal_newton` (Newton-CG), which copes
+with the curvature that fixed-step gradient descent cannot.
+
 Example::
 
     g_loc, g_log_scale = gem_gradient(m, s, mu, nu)       # ascent direction per task, (T, D)
@@ -28,7 +31,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -38,6 +41,7 @@ __all__ = [
     "gem_gradient",
     "gem_plus_gradient",
     "implicit_gradient",
+    "proximal_newton",
     "sgd_adapt",
 ]
 
@@ -187,3 +191,64 @@ def implicit_gradient(
         return v + hv / reg
 
     return conjugate_gradient(matvec, grad_val.detach(), cg_steps)
+
+
+def proximal_newton(
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    reg: float,
+    steps: int,
+    cg_steps: int,
+    record: Sequence[int] = (),
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """θ* = argmin_θ L(θ) + λ/2 ‖θ − m‖² for every task, by Newton-CG from θ = m.
+
+    Each step solves (I + H/λ) d = −∇F/λ (F the proximal objective, H the Hessian of L) by
+    :func:`conjugate_gradient` on Hessian-vector products, truncated at negative curvature, so
+    a non-convex L still gets a descent direction (−∇F/λ, the proximal gradient step, at
+    worst). A backtracking search over d, d/2, … d/16 keeps the best point that lowers F; a
+    task with none stays where it is. Unlike gradient descent at a fixed step, this converges
+    whatever the curvature: iMAML's meta-gradient assumes θ* solves the problem, and the
+    initialisation it learns sits where the data term is sharply curved (on sinusoid, 4× the
+    top Hessian eigenvalue of MAML's), where MAML's step size diverges.
+
+    :param loss: ``theta (T, D) -> (T,)``, each task's inner loss L (without the proximal term).
+    :param start: m for every task, ``(T, D)``; the iterates carry no graph to it.
+    :param reg: the proximal strength λ.
+    :param steps: Newton steps.
+    :param cg_steps: conjugate-gradient iterations per step.
+    :param record: steps after which to keep a copy of θ.
+    :returns: θ after ``steps`` steps ``(T, D)`` and ``{step: θ}`` for ``record``.
+    """
+    anchor = start.detach()
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        return loss(theta) + 0.5 * reg * (theta - anchor).square().sum(-1)
+
+    theta = anchor.clone()
+    snapshots = {}
+    for i in range(steps + 1):
+        if i in record:
+            snapshots[i] = theta.clone()
+        if i == steps:
+            break
+        theta = theta.detach().requires_grad_()
+        value = objective(theta)
+        (grad,) = torch.autograd.grad(value.sum(), theta, create_graph=True)
+
+        def matvec(v: torch.Tensor, grad=grad, theta=theta) -> torch.Tensor:
+            # ∇F = ∇L + λ(θ − m): the Hessian of F over λ is I + H/λ.
+            (hv,) = torch.autograd.grad(grad, theta, grad_outputs=v, retain_graph=True)
+            return hv / reg
+
+        direction = conjugate_gradient(matvec, -grad.detach() / reg, cg_steps)
+        with torch.no_grad():
+            best, best_value = theta.detach(), value.detach()
+            for fraction in (1.0, 0.5, 0.25, 0.125, 0.0625):
+                candidate = theta + fraction * direction
+                candidate_value = objective(candidate)
+                better = (candidate_value < best_value)[:, None]  # NaN is never better
+                best = torch.where(better, candidate, best)
+                best_value = torch.where(better[:, 0], candidate_value, best_value)
+        theta = best
+    return theta.detach(), snapshots

@@ -17,7 +17,7 @@ kl-chaser   Gaussian     L[2]       KL chaser: Gradient-EM + backprop           
 bmaml       particles    L[2]       SVGD chaser, backprop                       SVGD steps
 maml        delta        L[2]       backprop through the inner steps            SGD
 fomaml      delta        L[2]       first-order backprop                        SGD
-imaml       delta        L[2]       implicit (CG on Hessian-vector products)    any PyroOptim
+imaml       delta        L[2]       implicit (CG on Hessian-vector products)    any PyroOptim, or newton
 reptile     delta        L[1]       Gradient-EM with a fixed variance           SGD
 pretrain    point prior  pooled     ∇_m log P(all tasks' data | m)              SGD (fine-tune)
 ==========  ===========  =========  ==========================================  ==============
@@ -47,6 +47,9 @@ __all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "Method", "build"]
 
 #: Inner optimisers by name; each is a PyroOptim built with ``{"lr": inner_lr}``.
 INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
+#: iMAML's proximal Newton-CG solver (:func:`pyro_gem.estimators.proximal_newton`): it needs the
+#: proximal problem itself, so only iMAML takes it.
+NEWTON = "newton"
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,11 @@ def _point(cls, **fixed):
     def make(model, prior, config):
         extra = dict(fixed)
         if cls is IMAML:
+            optim = config["inner_optim"]
             extra.update(
-                reg=config["reg"], cg_steps=config["cg_steps"], inner_optim=_inner_optim(config)
+                reg=config["reg"],
+                cg_steps=config["cg_steps"],
+                inner_optim=optim if optim == NEWTON else _inner_optim(config),
             )
         return cls(
             model,
@@ -181,8 +187,15 @@ def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
         raise ValueError(f"unknown method {name!r}: choose one of {list(METHODS)}")
     method = METHOD_TABLE[name]
     optim = config["inner_optim"]
-    if optim not in INNER_OPTIMS:
-        raise ValueError(f"unknown inner optimiser {optim!r}: choose one of {list(INNER_OPTIMS)}")
+    if optim == NEWTON and name != "imaml":
+        raise ValueError(
+            f"inner_optim {NEWTON!r} is iMAML's proximal Newton-CG solver; {name} takes one of "
+            f"{list(INNER_OPTIMS)}"
+        )
+    if optim not in (*INNER_OPTIMS, NEWTON):
+        raise ValueError(
+            f"unknown inner optimiser {optim!r}: choose one of {[*INNER_OPTIMS, NEWTON]}"
+        )
     if method.needs_sgd and optim != "sgd":
         raise ValueError(
             f"{name} needs plain SGD inner steps ({method.needs_sgd}): set inner_optim to "

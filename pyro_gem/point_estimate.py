@@ -33,9 +33,10 @@ from collections.abc import Callable, Sequence
 import pyro
 import torch
 
-from pyro_gem.estimators import implicit_gradient, sgd_adapt
-from pyro_gem.inner import InnerVI
+from pyro_gem.estimators import implicit_gradient, proximal_newton, sgd_adapt
+from pyro_gem.inner import InnerVI, TasksModel
 from pyro_gem.learners import MetaLearner
+from pyro_gem.posterior import ParticlePosterior
 from pyro_gem.priors import GaussianPrior
 from pyro_gem.tasks.base import TaskBatch, validate_task_args
 
@@ -142,14 +143,17 @@ class PreTraining(_PointEstimateLearner):
 class IMAML(_PointEstimateLearner):
     """iMAML: a proximal inner problem solved by any optimiser, differentiated implicitly.
 
-    The inner loop is Pyro SVI with a delta guide (MAP) under the prior N(m, I/λ): it minimises
-    −log P(D_tr | θ) + λ/2 ‖θ − m‖² from θ = m with ``inner_optim`` (any PyroOptim). The
-    meta-gradient of −log P(D_val | θ*) is :func:`~pyro_gem.estimators.implicit_gradient`:
-    conjugate gradient on Hessian-vector products, exact for a converged inner problem.
+    The inner problem is MAP under the prior N(m, I/λ): minimise −log P(D_tr | θ) + λ/2 ‖θ − m‖²
+    from θ = m. It is solved either by Pyro SVI with a delta guide and any PyroOptim, or, with
+    ``inner_optim="newton"``, by :func:`~pyro_gem.estimators.proximal_newton` (Newton-CG with a
+    backtracking search; ``inner_steps`` Newton steps of ``cg_steps`` CG iterations each), which
+    converges where a fixed gradient step diverges. The meta-gradient of −log P(D_val | θ*) is
+    :func:`~pyro_gem.estimators.implicit_gradient`: conjugate gradient on Hessian-vector
+    products, exact for a converged inner problem. :meth:`adapt` runs the same solver.
 
     :param reg: the proximal strength λ (in units of the log-likelihood).
-    :param cg_steps: conjugate-gradient iterations.
-    :param inner_optim: the inner optimiser; plain SGD at ``inner_lr`` if omitted.
+    :param cg_steps: conjugate-gradient iterations (implicit gradient and Newton steps).
+    :param inner_optim: a PyroOptim, ``"newton"``, or ``None`` for plain SGD at ``inner_lr``.
     """
 
     name = "imaml"
@@ -159,15 +163,18 @@ class IMAML(_PointEstimateLearner):
         *args,
         reg: float = 1.0,
         cg_steps: int = 5,
-        inner_optim: pyro.optim.PyroOptim | None = None,
+        inner_optim: pyro.optim.PyroOptim | str | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         if reg <= 0:
             raise ValueError(f"reg (the proximal strength λ) must be > 0, got {reg}")
+        if isinstance(inner_optim, str) and inner_optim != "newton":
+            raise ValueError(f"inner_optim must be a PyroOptim or 'newton', got {inner_optim!r}")
         self.reg = float(reg)
         self.cg_steps = int(cg_steps)
-        if inner_optim is not None:
+        self.newton = inner_optim == "newton"
+        if isinstance(inner_optim, pyro.optim.PyroOptim):
             self.inner = InnerVI(
                 guide="delta", optim=inner_optim, steps=self.inner.steps, whiten=False
             )
@@ -175,15 +182,42 @@ class IMAML(_PointEstimateLearner):
     def adapt_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prior.loc.detach(), torch.full_like(self.prior.loc, self.reg**-0.5)
 
+    def solve(
+        self, args: Sequence, steps: int | None = None, record: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """θ* ``(T, D)`` of every task in ``args`` by Newton-CG, and ``{step: θ}`` for ``record``."""
+        loglik = self.log_likelihood(args)
+        start = self.prior.loc.detach().expand(loglik.num_tasks, -1)
+        steps = self.inner.steps if steps is None else int(steps)
+        return proximal_newton(lambda t: -loglik(t), start, self.reg, steps, self.cg_steps, record)
+
+    def adapt(self, *support: torch.Tensor, steps: int | None = None, record: Sequence[int] = ()):
+        """The adapted point θ* of new tasks (a one-particle :class:`ParticlePosterior` when the
+        solver is Newton-CG, otherwise the delta guide's :class:`~pyro_gem.posterior.Posterior`)."""
+        if not self.newton:
+            return super().adapt(*support, steps=steps, record=record)
+        validate_task_args(support, "support")
+        theta, snapshots = self.solve(support, steps, record)
+        model = TasksModel(self.model, self.nesting(support))
+        history = {
+            k: ParticlePosterior(model, self.prior.name, v[:, None], k)
+            for k, v in snapshots.items()
+        }
+        steps = self.inner.steps if steps is None else int(steps)
+        return ParticlePosterior(model, self.prior.name, theta[:, None], steps, history)
+
     def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
-        fit = self.inner.fit(
-            self.model,
-            self.prior.name,
-            batch.support,
-            self.adapt_prior(),
-            nesting=self.nesting(batch.support),
-        )
-        theta = fit.loc.detach().requires_grad_()
+        if self.newton:
+            theta, _ = self.solve(batch.support)
+        else:
+            theta = self.inner.fit(
+                self.model,
+                self.prior.name,
+                batch.support,
+                self.adapt_prior(),
+                nesting=self.nesting(batch.support),
+            ).loc
+        theta = theta.detach().requires_grad_()
         val_loss = -self.log_likelihood(batch.query)(theta)
         (grad_val,) = torch.autograd.grad(val_loss.sum(), theta)
         train = self.log_likelihood(batch.support)

@@ -49,6 +49,25 @@ def test_methods_that_decouple_take_any_inner_optimiser(method):
     assert learner.inner.optim.pt_optim_constructor is torch.optim.Adam
 
 
+def test_imaml_newton_solver_steps_adapts_and_predicts():
+    model, prior = small_sinusoid()
+    learner = build("imaml", model, prior, config(inner_optim="newton", reg=100.0, cg_steps=3))
+    stats = learner.step(Sinusoid().sample(4, torch.Generator().manual_seed(0)))
+    assert stats["nan_tasks"] == [] and prior.loc.grad.isfinite().all()
+    test = Sinusoid().test_tasks(3)
+    post = learner.adapt(*test.support, steps=2, record=(0, 1, 2))
+    assert set(post.history) == {0, 1, 2} and post.scale is None  # a point per task
+    torch.testing.assert_close(post.history[0].loc, prior.loc.detach().expand(3, -1))
+    draws = post.predict(test.query[0], num_samples=4)
+    assert draws["y"].shape == (4, 3, test.query[0].shape[1])
+
+
+def test_newton_is_imamls_alone():
+    model, prior = small_sinusoid()
+    with pytest.raises(ValueError, match="'newton' is iMAML's proximal Newton-CG solver; maml"):
+        build("maml", model, prior, config(inner_optim="newton"))
+
+
 def test_unknown_method_and_optimiser():
     model, prior = small_sinusoid()
     with pytest.raises(ValueError, match="unknown method 'nope'"):

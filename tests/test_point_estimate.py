@@ -6,10 +6,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 from linear_gaussian import NOISE, make_model, make_prior, tasks_data
+from sinusoid_fixtures import small_sinusoid
 from torch import nn
 
 from pyro_gem import GaussianPrior, Sinusoid, TaskBatch
-from pyro_gem.estimators import implicit_gradient
+from pyro_gem.estimators import implicit_gradient, proximal_newton
+from pyro_gem.objectives import TaskLogLikelihood
 from pyro_gem.point_estimate import IMAML, MAML, PreTraining, Reptile
 
 
@@ -161,25 +163,56 @@ def test_implicit_gradient_equals_the_exact_meta_gradient_on_a_quadratic():
     torch.testing.assert_close(g.mean(0), exact, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("inner_optim", ["sgd", "adam"])
+@pytest.mark.parametrize("inner_optim", ["sgd", "adam", "newton"])
 def test_imaml_learner_with_a_converged_inner_loop(inner_optim):
-    """Any inner optimiser: the implicit gradient only needs the inner solution."""
+    """Any inner optimiser: the implicit gradient only needs the inner solution. On a quadratic
+    one Newton-CG step with D conjugate-gradient iterations is the exact solution."""
     prior, model, batch = quadratic_imaml_problem()
     reg = 2.0
     _, exact = exact_imaml_gradient(prior, batch, reg)
-    optim = pyro.optim.SGD({"lr": 0.02}) if inner_optim == "sgd" else pyro.optim.Adam({"lr": 0.05})
+    optim = {
+        "sgd": pyro.optim.SGD({"lr": 0.02}),
+        "adam": pyro.optim.Adam({"lr": 0.05}),
+        "newton": "newton",
+    }[inner_optim]
     learner = IMAML(
         model,
         prior,
         torch.optim.SGD([prior.loc], lr=0.0),
-        inner_steps=1500,
+        inner_steps=1 if inner_optim == "newton" else 1500,
         reg=reg,
         cg_steps=3,
         inner_optim=optim,
     )
     stats = learner.step(batch)
     assert stats["nan_tasks"] == []
-    torch.testing.assert_close(prior.loc.grad, exact, rtol=1e-3, atol=1e-5)
+    tol = {"rtol": 1e-8, "atol": 1e-10} if inner_optim == "newton" else {"rtol": 1e-3, "atol": 1e-5}
+    torch.testing.assert_close(prior.loc.grad, exact, **tol)
+
+
+def test_proximal_newton_descends_a_nonconvex_objective():
+    """On a ReLU network's sinusoid loss (non-convex: CG meets negative curvature) every Newton
+    step lowers each task's proximal objective or leaves the task where it is."""
+    model, prior = small_sinusoid()
+    batch = Sinusoid().sample(6, torch.Generator().manual_seed(2))
+    loglik = TaskLogLikelihood(model, prior.name, batch.support, 1)
+    start = prior.loc.detach().expand(6, -1)
+    reg = 10.0
+
+    def objective(t):
+        return -loglik(t) + 0.5 * reg * (t - start).square().sum(-1)
+
+    theta, snapshots = proximal_newton(lambda t: -loglik(t), start, reg, 6, 5, range(7))
+    values = torch.stack([objective(snapshots[k]) for k in range(7)])
+    assert (values[1:] <= values[:-1]).all()
+    assert (values[-1] < 0.75 * values[0]).all()
+    torch.testing.assert_close(theta, snapshots[6])
+
+
+def test_imaml_rejects_an_unknown_solver():
+    model, prior = tiny()
+    with pytest.raises(ValueError, match="inner_optim must be a PyroOptim or 'newton'"):
+        IMAML(model, prior, inner_optim="lbfgs")
 
 
 def test_pretraining_fits_the_pooled_data():
