@@ -157,10 +157,7 @@ class BMAML(MetaLearner):
             create_graph=False,
             record=record,
         )
-        history = {
-            k: ParticlePosterior(tasks_model, self.prior.name, v, k) for k, v in snapshots.items()
-        }
-        return ParticlePosterior(tasks_model, self.prior.name, particles, steps, history)
+        return ParticlePosterior(tasks_model, self.prior.name, particles, steps, snapshots)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "particles": self.particles.detach().clone()}

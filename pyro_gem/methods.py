@@ -40,16 +40,13 @@ from pyro_gem.bmaml import BMAML
 from pyro_gem.elbo_gradient import AmortizedBML, KLChaser
 from pyro_gem.inner import InnerVI
 from pyro_gem.learners import GEMBML
-from pyro_gem.point_estimate import IMAML, MAML, PreTraining, Reptile
+from pyro_gem.point_estimate import IMAML, MAML, NEWTON, PreTraining, Reptile
 from pyro_gem.priors import GaussianPrior
 
 __all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "Method", "build"]
 
 #: Inner optimisers by name; each is a PyroOptim built with ``{"lr": inner_lr}``.
 INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
-#: iMAML's proximal Newton-CG solver (:func:`pyro_gem.estimators.proximal_newton`): it needs the
-#: proximal problem itself, so only iMAML takes it.
-NEWTON = "newton"
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,11 @@ __all__ = ["IMAML", "MAML", "PreTraining", "Reptile"]
 # is 1e-8 of the distance, so the steps are plain gradient steps on the log-likelihood.
 _FLAT_PRIOR_SCALE = 1e4
 
+#: The ``inner_optim`` that selects iMAML's proximal Newton-CG solver
+#: (:func:`~pyro_gem.estimators.proximal_newton`); it needs the proximal problem itself, so only
+#: iMAML takes it.
+NEWTON = "newton"
+
 
 class _PointEstimateLearner(MetaLearner):
     name = "point-estimate"
@@ -169,11 +174,11 @@ class IMAML(_PointEstimateLearner):
         super().__init__(*args, **kwargs)
         if reg <= 0:
             raise ValueError(f"reg (the proximal strength λ) must be > 0, got {reg}")
-        if isinstance(inner_optim, str) and inner_optim != "newton":
-            raise ValueError(f"inner_optim must be a PyroOptim or 'newton', got {inner_optim!r}")
+        if isinstance(inner_optim, str) and inner_optim != NEWTON:
+            raise ValueError(f"inner_optim must be a PyroOptim or {NEWTON!r}, got {inner_optim!r}")
         self.reg = float(reg)
         self.cg_steps = int(cg_steps)
-        self.newton = inner_optim == "newton"
+        self.newton = inner_optim == NEWTON
         if isinstance(inner_optim, pyro.optim.PyroOptim):
             self.inner = InnerVI(
                 guide="delta", optim=inner_optim, steps=self.inner.steps, whiten=False
@@ -197,14 +202,11 @@ class IMAML(_PointEstimateLearner):
         if not self.newton:
             return super().adapt(*support, steps=steps, record=record)
         validate_task_args(support, "support")
+        steps = self.inner.steps if steps is None else int(steps)
         theta, snapshots = self.solve(support, steps, record)
         model = TasksModel(self.model, self.nesting(support))
-        history = {
-            k: ParticlePosterior(model, self.prior.name, v[:, None], k)
-            for k, v in snapshots.items()
-        }
-        steps = self.inner.steps if steps is None else int(steps)
-        return ParticlePosterior(model, self.prior.name, theta[:, None], steps, history)
+        points = {k: v[:, None] for k, v in snapshots.items()}  # one particle per task
+        return ParticlePosterior(model, self.prior.name, theta[:, None], steps, points)
 
     def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
         if self.newton:

@@ -110,7 +110,8 @@ class ParticlePosterior:
     :param site: the prior's sample site.
     :param particles: ``(T, M, D)``.
     :param steps: the inner steps that produced them.
-    :param history: particle posteriors after intermediate steps, by step.
+    :param snapshots: particles ``(T, M, D)`` after intermediate steps, by step; they become
+        the posteriors of ``history``.
     """
 
     def __init__(
@@ -119,14 +120,16 @@ class ParticlePosterior:
         site: str,
         particles: torch.Tensor,
         steps: int,
-        history: dict[int, ParticlePosterior] | None = None,
+        snapshots: dict[int, torch.Tensor] | None = None,
     ):
         self.tasks_model = self.model = tasks_model
         self.site = site
         self.particles = particles.detach()
         self.steps = steps
         self.nesting = tasks_model.nesting + 1
-        self.history = history or {}
+        self.history = {
+            k: ParticlePosterior(tasks_model, site, v, k) for k, v in (snapshots or {}).items()
+        }
         self.loc = self.particles.mean(1)
         self.scale = self.particles.std(1) if particles.shape[1] > 1 else None
 
