@@ -33,6 +33,14 @@ def _nan_diverged(draws: dict[str, torch.Tensor], diverged: torch.Tensor) -> Non
             draws[name] = torch.where(mask, torch.nan, value)
 
 
+def _reset_tasks(value: torch.Tensor, diverged: torch.Tensor) -> torch.Tensor:
+    value = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+    if value.dim() and value.shape[0] == diverged.numel():
+        mask = diverged.reshape((-1,) + (1,) * (value.dim() - 1))
+        value = torch.where(mask, torch.zeros_like(value), value)
+    return value
+
+
 class Posterior:
     """q(θ) for T tasks after an inner VI run.
 
@@ -76,14 +84,13 @@ class Posterior:
         n = next(a for a in args if isinstance(a, torch.Tensor)).shape[0]
         if n != self.num_tasks:
             raise ValueError(f"the posterior is over {self.num_tasks} tasks, got inputs for {n}")
-        # A task whose inner VI diverged predicts NaN; its NaN parameters are swapped for finite
-        # ones so that sampling can run for the other tasks.
+        # A task whose inner VI diverged predicts NaN. Its parameters (NaN, or finite but with a
+        # scale that underflowed to 0) are reset to the guide's unconstrained zero so that
+        # sampling can run for the other tasks; per-task parameters lead with the task dim.
         diverged = ~finite_tasks(self.loc, self.scale)
         state = self.state
         if diverged.any():
-            state = {
-                k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in state.items()
-            }
+            state = {k: _reset_tasks(v, diverged) for k, v in state.items()}
         with pyro.settings.context(module_local_params=True), torch.no_grad():
             self.guide.load_state_dict(state)
             predictive = Predictive(

@@ -191,3 +191,18 @@ def test_meta_test_counts_diverged_tasks_and_keeps_going(method):
     scores = meta_test(learner, bad, steps=(0, 2), num_samples=5)
     assert scores["diverged"] == 1
     assert all(math.isfinite(mean) for mean, _ in scores["mse"].values())
+
+
+def test_prediction_survives_a_task_whose_scale_underflowed():
+    # A task's unconstrained scale far negative is finite, but its scale is 0: that task is
+    # diverged and predicts NaN, and the others still predict.
+    model, prior = small_sinusoid()
+    learner = build("gem-bml+", model, prior, {**DEFAULTS, "inner_steps": 1})
+    test = Sinusoid().test_tasks(3)
+    post = learner.adapt(*test.support)
+    key = next(k for k in post.state if "scale" in k)
+    post.state[key][1] = -1e4
+    post.scale[1] = 0.0
+    draws = post.predict(test.query[0], num_samples=4)
+    assert torch.isnan(draws["mean"][:, 1]).all()
+    assert torch.isfinite(draws["mean"][:, [0, 2]]).all()
