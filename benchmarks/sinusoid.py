@@ -97,6 +97,7 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
         "guide": config["guide"],
         "inner_optim": config["inner_optim"],
         "inner_lr": config["inner_lr"],
+        "inner_lr_decay": config["inner_lr_decay"],
         "inner_steps": config["inner_steps"],
         "query_steps": config["query_steps"] or config["inner_steps"],
         "update": config["update"],

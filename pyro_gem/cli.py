@@ -32,6 +32,7 @@ DEFAULTS = {
     "meta_lr_gamma": 0.1,
     "inner_optim": "adam",
     "inner_lr": 0.2,
+    "inner_lr_decay": 1.0,
     "inner_steps": 20,
     "query_steps": None,
     "guide": "normal",
@@ -80,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-lr-gamma", type=float)
     t.add_argument("--inner-optim", choices=[*sorted(INNER_OPTIMS), NEWTON])
     t.add_argument("--inner-lr", type=float)
+    t.add_argument(
+        "--inner-lr-decay", type=float, help="per-step factor on the inner learning rate"
+    )
     t.add_argument("--inner-steps", type=int)
     t.add_argument("--query-steps", type=int)
     t.add_argument("--guide", choices=["normal", "delta"])

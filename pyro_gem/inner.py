@@ -30,6 +30,7 @@ import torch
 from pyro.infer import SVI
 from pyro.infer.autoguide import AutoGuide, init_to_mean
 from pyro.infer.reparam import LocScaleReparam
+from pyro.optim.lr_scheduler import PyroLRScheduler
 from pyro.poutine.messenger import Messenger
 
 from pyro_gem.elbo import MeanFieldELBO
@@ -159,7 +160,9 @@ class InnerVI:
     """Task-vectorised SVI with an autoguide started at a given (prior) point.
 
     :param guide: ``"normal"`` (AutoNormal), ``"delta"`` (AutoDelta) or one of those classes.
-    :param optim: a :class:`pyro.optim.PyroOptim`; a fresh copy is used for every run.
+    :param optim: a :class:`pyro.optim.PyroOptim`; a fresh copy is used for every run. A Pyro
+        learning-rate scheduler (e.g. ``pyro.optim.ExponentialLR``) is stepped after every
+        SVI step.
     :param steps: the number of SVI steps.
     :param num_particles: Monte Carlo particles of the ELBO (vectorised).
     :param whiten: optimise the guide in prior-whitened coordinates (θ = m + σ u, Pyro's
@@ -278,12 +281,15 @@ class InnerVI:
             with torch.no_grad():
                 guide(*args)
             set_guide_params(guide, guide_site, init_loc, init_scale)
-            svi = SVI(conditioned, guide, copy.deepcopy(self.optim), self._elbo(nesting))
+            optim = copy.deepcopy(self.optim)
+            svi = SVI(conditioned, guide, optim, self._elbo(nesting))
             for i in range(steps + 1):
                 if i in record:
                     state = {k: v.detach().clone() for k, v in guide.state_dict().items()}
                     snapshots[i] = (*read(), state)
                 if i < steps:
                     losses.append(svi.step(*args))
+                    if isinstance(optim, PyroLRScheduler):
+                        optim.step()
         loc, scale = read()
         return InnerFit(tasks_model, conditioned, guide, loc, scale, losses, snapshots)

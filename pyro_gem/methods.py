@@ -45,8 +45,8 @@ from pyro_gem.priors import GaussianPrior
 
 __all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "Method", "build"]
 
-#: Inner optimisers by name; each is a PyroOptim built with ``{"lr": inner_lr}``.
-INNER_OPTIMS = {"sgd": pyro.optim.SGD, "adam": pyro.optim.Adam}
+#: Inner optimisers by name: torch optimisers, wrapped for Pyro with ``{"lr": inner_lr}``.
+INNER_OPTIMS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,13 @@ class Method:
 
 
 def _inner_optim(config: dict) -> pyro.optim.PyroOptim:
-    return INNER_OPTIMS[config["inner_optim"]]({"lr": config["inner_lr"]})
+    """The inner PyroOptim; with ``inner_lr_decay`` γ < 1 the step after n SVI steps is
+    ``inner_lr`` γⁿ (Pyro's ExponentialLR, which :class:`InnerVI` steps after every SVI step)."""
+    cls, lr = INNER_OPTIMS[config["inner_optim"]], config["inner_lr"]
+    decay = config.get("inner_lr_decay", 1.0)
+    if decay == 1.0:
+        return pyro.optim.PyroOptim(cls, {"lr": lr})
+    return pyro.optim.ExponentialLR({"optimizer": cls, "optim_args": {"lr": lr}, "gamma": decay})
 
 
 def _gem(plus: bool):
@@ -175,7 +181,8 @@ METHODS = tuple(METHOD_TABLE)
 def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
     """The learner ``name`` over ``model`` and ``prior``, configured by ``config``.
 
-    :param config: run options: ``meta_lr``, ``inner_optim``, ``inner_lr``, ``inner_steps``,
+    :param config: run options: ``meta_lr``, ``inner_optim``, ``inner_lr``, ``inner_lr_decay``,
+        ``inner_steps``,
         ``query_steps``, ``guide``, ``update``, ``num_particles``, ``reg``, ``cg_steps``
         (see :data:`pyro_gem.cli.DEFAULTS`).
     :raises ValueError: for an unknown method or an inner optimiser the method cannot use.
@@ -192,6 +199,14 @@ def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
     if optim not in (*INNER_OPTIMS, NEWTON):
         raise ValueError(
             f"unknown inner optimiser {optim!r}: choose one of {[*INNER_OPTIMS, NEWTON]}"
+        )
+    decay = config.get("inner_lr_decay", 1.0)
+    if not 0 <= decay <= 1:
+        raise ValueError(f"inner_lr_decay must lie in [0, 1], got {decay}")
+    if decay != 1.0 and (method.needs_sgd or optim == NEWTON):
+        raise ValueError(
+            f"inner_lr_decay applies to a PyroOptim inner loop; {name} with inner_optim "
+            f"{optim!r} takes a constant step (got inner_lr_decay={decay})"
         )
     if method.needs_sgd and optim != "sgd":
         raise ValueError(

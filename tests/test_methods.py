@@ -3,6 +3,7 @@
 import math
 import re
 
+import pyro
 import pytest
 import torch
 from sinusoid_fixtures import small_sinusoid
@@ -74,3 +75,29 @@ def test_unknown_method_and_optimiser():
         build("nope", model, prior, config())
     with pytest.raises(ValueError, match="unknown inner optimiser 'lbfgs'"):
         build("maml", model, prior, config(inner_optim="lbfgs"))
+
+
+def test_inner_lr_decay_is_a_pyro_scheduler_that_the_inner_vi_steps():
+    model, prior = small_sinusoid()
+    learner = build("gem-bml+", model, prior, config(inner_optim="adam", inner_lr_decay=0.0))
+    assert learner.inner.optim.pt_scheduler_constructor is torch.optim.lr_scheduler.ExponentialLR
+    # A decay of 0 leaves only the first step: more steps change nothing.
+    test = Sinusoid().test_tasks(3)
+    fits = []
+    for steps in (1, 4):
+        pyro.set_rng_seed(0)
+        fits.append(learner.adapt(*test.support, steps=steps))
+    assert not torch.equal(fits[0].loc, prior.loc.detach().expand(3, -1))
+    torch.testing.assert_close(fits[0].loc, fits[1].loc)
+    torch.testing.assert_close(fits[0].scale, fits[1].scale)
+
+
+@pytest.mark.parametrize("method, optim", [("maml", "sgd"), ("imaml", "newton")])
+def test_inner_lr_decay_needs_a_pyro_optim_inner_loop(method, optim):
+    model, prior = small_sinusoid()
+    with pytest.raises(
+        ValueError, match=f"inner_lr_decay applies to a PyroOptim inner loop; {method}"
+    ):
+        build(method, model, prior, config(inner_optim=optim, inner_lr_decay=0.5))
+    with pytest.raises(ValueError, match="inner_lr_decay must lie in"):
+        build("gem-bml", model, prior, config(inner_lr_decay=1.5))
