@@ -71,3 +71,11 @@ def test_cost_quick(tmp_path):
     ):
         assert summary[key] > 0
     assert (tmp_path / "cost_quick.json").is_file() and (tmp_path / "cost_quick.png").is_file()
+
+
+def test_gem_fidelity_quick():
+    report = run("benchmarks/gem_fidelity.py", "--quick")
+    assert len(report["variants"]) == 2
+    for row in report["variants"].values():
+        assert -1 <= row["cos_loc"] <= 1 and -1 <= row["cos_log_scale"] <= 1
+        assert row["norm_ratio_loc"] > 0 and row["seconds"] > 0
