@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model-file", type=Path, help="defaults to the one the run was trained on")
     e.add_argument("--test-tasks", type=int)
     e.add_argument("--steps", type=int, nargs="+", help="inner-step counts to score")
+    e.add_argument("--inner-lr", type=float, help="adapt with this inner step instead")
+    e.add_argument("--inner-lr-decay", type=float, help="adapt with this step decay instead")
+    e.add_argument("--out", type=Path, help="where the results go (default: run_dir)")
     return p
 
 
@@ -173,10 +176,17 @@ def _evaluate(args) -> int:
         config["test_tasks"] = args.test_tasks
     if args.steps is not None:
         config["eval_steps"] = args.steps
+    # The adaptation may differ from training's: e.g. more, smaller steps, closer to the
+    # posterior that the prior was meta-learned for.
+    config = resolve_config(
+        {}, {**config, "inner_lr": args.inner_lr, "inner_lr_decay": args.inner_lr_decay}
+    )
     learner = build_learner(mf, config)
     learner.load_state_dict(state["learner"])
     print(f"{config['method']} after {state['iteration']} meta-iterations")
-    _meta_test_and_plot(learner, mf, config, args.run_dir, history)
+    out = args.run_dir if args.out is None else args.out
+    out.mkdir(parents=True, exist_ok=True)
+    _meta_test_and_plot(learner, mf, config, out, history)
     return 0
 
 

@@ -76,6 +76,13 @@ def test_train_evaluate_and_resume(tiny_model, tmp_path, capsys):
     assert main(["evaluate", str(out), "--test-tasks", "3", "--steps", "0", "2"]) == 0
     printed = capsys.readouterr().out
     assert "gem-bml after 5 meta-iterations" in printed and "after   2 inner steps" in printed
+    # Adapting with another inner loop than training's, results elsewhere.
+    other = tmp_path / "eval"
+    argv = ["evaluate", str(out), "--test-tasks", "3", "--steps", "2", "--out", str(other)]
+    assert main(argv + ["--inner-lr", "0.05", "--inner-lr-decay", "0.9"]) == 0
+    assert set(json.loads((other / "metatest.json").read_text())["mse"]) == {"2"}
+    assert main(argv + ["--inner-lr-decay", "2"]) == 2
+    assert "inner_lr_decay must lie in [0, 1]" in capsys.readouterr().err
 
 
 def test_model_file_errors(tmp_path, capsys):
