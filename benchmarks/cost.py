@@ -16,6 +16,7 @@ the inner steps. Writes ``<out>/cost.json`` and ``<out>/cost.png`` (``cost_quick
 
     python benchmarks/cost.py                 # every method, steps 1 … 100, both models
     python benchmarks/cost.py --quick         # Conv4, steps {1, 100}, GEM-BML+, MAML and ABML
+    python benchmarks/cost.py --models conv4 --methods maml   # update those entries of cost.json
 """
 
 from __future__ import annotations
@@ -189,7 +190,9 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     name = "cost_quick" if args.quick else "cost"
     path = args.out / f"{name}.json"
-    results: dict = {}
+    # A full run updates cost.json entry by entry and keeps what it does not measure, so it can
+    # be done in parts (e.g. ``--models conv4 --methods maml``) and partial results survive.
+    results: dict = json.loads(path.read_text()) if path.is_file() and not args.quick else {}
     for model_name, (methods, steps_list, batch, query) in plan.items():
         for method in methods:
             for steps in steps_list:
@@ -199,7 +202,7 @@ def main(argv=None) -> dict:
                 path.write_text(json.dumps(results, indent=2))  # partial results survive
     plot(results, args.out / f"{name}.png")
     model = "conv4" if "conv4" in results else next(iter(results))
-    last = max(int(s) for s in next(iter(results[model].values())))
+    last = max(int(s) for entries in results[model].values() for s in entries)
     summary = {
         "model": model,
         "gem_plus_mem_growth": _ratio(results, model, "gem-bml+", "gem-bml+", "peak_mib", last, 1),
