@@ -17,6 +17,7 @@ the inner steps. Writes ``<out>/cost.json`` and ``<out>/cost.png`` (``cost_quick
     python benchmarks/cost.py                 # every method, steps 1 … 100, both models
     python benchmarks/cost.py --quick         # Conv4, steps {1, 100}, GEM-BML+, MAML and ABML
     python benchmarks/cost.py --models conv4 --methods maml   # update those entries of cost.json
+    python benchmarks/cost.py --table         # cost.json as Markdown tables
 """
 
 from __future__ import annotations
@@ -153,6 +154,44 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_tables(results: dict) -> str:
+    """One table per model: time and peak memory at 1, 10 and 100 inner steps, with the growth
+    from 1 to the largest step measured; "—" where a configuration was not measured, "OOM"
+    where it ran out of the worker's memory limit."""
+
+    def cell(entry, key, fmt):
+        if entry is None:
+            return "—"
+        if entry[key] is None:
+            return "OOM"
+        return fmt(entry[key])
+
+    def secs(x):
+        return f"{x:.3g} s"
+
+    def mib(x):
+        return f"{x:,.0f} MiB"
+
+    out = []
+    for model_name, by_method in results.items():
+        out.append(f"**{model_name}**\n")
+        head = "| method | time, 1 / 10 / 100 steps | memory, 1 / 10 / 100 steps | memory growth |"
+        out += [head, "| --- | --- | --- | --- |"]
+        for method, by_steps in by_method.items():
+            at = [by_steps.get(str(s)) for s in (1, 10, 100)]
+            measured = [int(s) for s, e in by_steps.items() if e["peak_mib"] is not None]
+            growth = "—"
+            if 1 in measured and max(measured) > 1:
+                last = max(measured)
+                ratio = by_steps[str(last)]["peak_mib"] / by_steps["1"]["peak_mib"]
+                growth = f"×{ratio:.2f} (1 → {last})"
+            times = " / ".join(cell(e, "seconds", secs) for e in at)
+            mems = " / ".join(cell(e, "peak_mib", mib) for e in at)
+            out.append(f"| {method} | {times} | {mems} | {growth} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def _ratio(results, model_name, a, b, key, steps_a, steps_b=None):
     try:
         ra = results[model_name][a][str(steps_a)][key]
@@ -168,7 +207,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--methods", nargs="+", help="default: every method (--quick: three)")
     p.add_argument("--models", nargs="+", default=["mlp", "conv4"], choices=["mlp", "conv4"])
+    p.add_argument("--steps", nargs="+", type=int, help=f"default: {' '.join(map(str, STEPS))}")
     p.add_argument("--mem-limit", type=float, default=12.0, help="GiB per worker")
+    p.add_argument("--table", action="store_true", help="print cost.json as Markdown and exit")
     p.add_argument(
         "--worker", nargs=6, metavar=("MODEL", "METHOD", "STEPS", "BATCH", "QUERY", "GIB")
     )
@@ -178,6 +219,9 @@ def main(argv=None) -> dict:
         result = worker(model_name, method, int(steps), int(batch), int(query), float(gib))
         print(json.dumps(result))
         return result
+    if args.table:
+        print(markdown_tables(json.loads((args.out / "cost.json").read_text())))
+        return {}
     from pyro_gem import METHODS
 
     # model: (methods, inner steps, meta-batch, query images per class)
@@ -185,7 +229,8 @@ def main(argv=None) -> dict:
         plan = {"conv4": (args.methods or QUICK_METHODS, (1, 100), 1, 3)}
     else:
         methods = args.methods or METHODS
-        full = {"mlp": (methods, STEPS, 25, 10), "conv4": (methods, STEPS, 2, 15)}
+        steps = args.steps or STEPS
+        full = {"mlp": (methods, steps, 25, 10), "conv4": (methods, steps, 2, 15)}
         plan = {k: full[k] for k in args.models}
     args.out.mkdir(parents=True, exist_ok=True)
     name = "cost_quick" if args.quick else "cost"

@@ -79,3 +79,24 @@ def test_gem_fidelity_quick():
     for row in report["variants"].values():
         assert -1 <= row["cos_loc"] <= 1 and -1 <= row["cos_log_scale"] <= 1
         assert row["norm_ratio_loc"] > 0 and row["seconds"] > 0
+
+
+def test_cost_table(tmp_path):
+    entry = {"seconds": 2.0, "peak_mib": 100.0}
+    oom = {"seconds": None, "peak_mib": None, "error": "out of memory"}
+    results = {
+        "conv4": {
+            "gem-bml+": {"1": entry, "10": entry, "100": {"seconds": 4.0, "peak_mib": 110.0}},
+            "maml": {"1": entry, "10": {"seconds": 3.0, "peak_mib": 500.0}, "100": oom},
+        }
+    }
+    (tmp_path / "cost.json").write_text(json.dumps(results))
+    table = subprocess.run(
+        [sys.executable, "benchmarks/cost.py", "--table", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "| gem-bml+ | 2 s / 2 s / 4 s | 100 MiB / 100 MiB / 110 MiB | ×1.10 (1 → 100) |" in table
+    assert "| maml | 2 s / 3 s / OOM | 100 MiB / 500 MiB / OOM | ×5.00 (1 → 10) |" in table
