@@ -78,7 +78,13 @@ def _conv4_setup(meta_batch: int, query_per_class: int):
 
 
 def worker(
-    model_name: str, method: str, steps: int, meta_batch: int, query: int, mem_limit_gib: float
+    model_name: str,
+    method: str,
+    steps: int,
+    meta_batch: int,
+    query: int,
+    mem_limit_gib: float,
+    query_steps: int | None = None,
 ) -> dict:
     limit = int(mem_limit_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -89,7 +95,9 @@ def worker(
 
     torch.set_num_threads(1)
     mf = load_model_file(ROOT / "models" / "sinusoid.py")
-    config = resolve_config(mf.config, {"method": method, "inner_steps": steps})
+    config = resolve_config(
+        mf.config, {"method": method, "inner_steps": steps, "query_steps": query_steps}
+    )
     if model_name == "conv4":
         model, prior, make_batch = _conv4_setup(meta_batch, query)
         mf.model, mf.prior = model, prior
@@ -118,10 +126,16 @@ def worker(
 
 
 def measure(
-    model_name: str, method: str, steps: int, meta_batch: int, query: int, mem_limit: float
+    model_name: str,
+    method: str,
+    steps: int,
+    meta_batch: int,
+    query: int,
+    mem_limit: float,
+    query_steps: int | None = None,
 ) -> dict:
     cmd = [sys.executable, __file__, "--worker", model_name, method]
-    cmd += [str(steps), str(meta_batch), str(query), str(mem_limit)]
+    cmd += [str(steps), str(meta_batch), str(query), str(mem_limit), str(query_steps or 0)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{model_name}/{method}/{steps}: {done.stderr[-2000:]}")
@@ -135,13 +149,22 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(results)
+    # One colour per method in every panel (more methods than a 10-colour cycle); Gradient-EM
+    # drawn thicker, fixed-second-run variants dashed.
+    names = list(dict.fromkeys(m for by_method in results.values() for m in by_method))
+    colours = dict(zip(names, plt.cm.tab20(range(len(names))), strict=True))
     fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 6.5), squeeze=False)
     for j, model_name in enumerate(models):
         for method, by_steps in results[model_name].items():
             steps = sorted(int(s) for s in by_steps if by_steps[s]["seconds"] is not None)
+            style = {
+                "color": colours[method],
+                "linewidth": 2.5 if method.startswith("gem-") else 1.2,
+                "linestyle": "--" if "/" in method else "-",
+            }
             for i, key in enumerate(("seconds", "peak_mib")):
                 axes[i][j].plot(
-                    steps, [by_steps[str(s)][key] for s in steps], marker="o", label=method
+                    steps, [by_steps[str(s)][key] for s in steps], marker="o", label=method, **style
                 )
         axes[0][j].set_title(f"{model_name}: time per meta-iteration (s)")
         axes[1][j].set_title(f"{model_name}: peak memory above baseline (MiB)")
@@ -201,6 +224,32 @@ def _ratio(results, model_name, a, b, key, steps_a, steps_b=None):
     return ra / rb if ra is not None and rb else None
 
 
+def summarize(results: dict) -> dict:
+    """The summary keys: memory growth and time ratios at the largest step count measured."""
+    model = "conv4" if "conv4" in results else next(iter(results))
+    last = max(int(s) for entries in results[model].values() for s in entries)
+    summary = {
+        "model": model,
+        "gem_plus_mem_growth": _ratio(results, model, "gem-bml+", "gem-bml+", "peak_mib", last, 1),
+        "maml_mem_growth": _ratio(results, model, "maml", "maml", "peak_mib", last, 1),
+        f"gem_plus_vs_maml_time_at_{last}": _ratio(
+            results, model, "gem-bml+", "maml", "seconds", last
+        ),
+        f"gem_plus_vs_abml_time_at_{last}": _ratio(
+            results, model, "gem-bml+", "abml", "seconds", last
+        ),
+        "note": "peak RSS above each fresh process's baseline; memory growth = at most steps / at 1",
+    }
+    # Variants with a fixed second run (--query-steps) are reported beside the main figures.
+    for variant in (k for k in results[model] if k.startswith("gem-bml+/query=")):
+        tag = f"gem_plus_query{variant.split('=')[1]}"
+        for other in ("maml", "abml"):
+            summary[f"{tag}_vs_{other}_time_at_{last}"] = _ratio(
+                results, model, variant, other, "seconds", last
+            )
+    return summary
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -208,20 +257,34 @@ def main(argv=None) -> dict:
     p.add_argument("--methods", nargs="+", help="default: every method (--quick: three)")
     p.add_argument("--models", nargs="+", default=["mlp", "conv4"], choices=["mlp", "conv4"])
     p.add_argument("--steps", nargs="+", type=int, help=f"default: {' '.join(map(str, STEPS))}")
+    p.add_argument(
+        "--query-steps",
+        type=int,
+        help="fix the second inner run's steps (GEM, KL-chaser, BMAML's leader) instead of "
+        "matching the inner steps; recorded as METHOD/query=N",
+    )
     p.add_argument("--mem-limit", type=float, default=12.0, help="GiB per worker")
     p.add_argument("--table", action="store_true", help="print cost.json as Markdown and exit")
     p.add_argument(
-        "--worker", nargs=6, metavar=("MODEL", "METHOD", "STEPS", "BATCH", "QUERY", "GIB")
+        "--worker",
+        nargs="+",
+        metavar="ARG",
+        help="internal: MODEL METHOD STEPS BATCH QUERY GIB [QUERY_STEPS]",
     )
     args = p.parse_args(argv)
     if args.worker:
-        model_name, method, steps, batch, query, gib = args.worker
-        result = worker(model_name, method, int(steps), int(batch), int(query), float(gib))
+        model_name, method, steps, batch, query, gib, q_steps = (*args.worker, "0")[:7]
+        result = worker(
+            model_name, method, int(steps), int(batch), int(query), float(gib), int(q_steps) or None
+        )
         print(json.dumps(result))
         return result
     if args.table:
-        print(markdown_tables(json.loads((args.out / "cost.json").read_text())))
-        return {}
+        results = json.loads((args.out / "cost.json").read_text())
+        print(markdown_tables(results))
+        summary = summarize(results)
+        print(json.dumps(summary))
+        return summary
     from pyro_gem import METHODS
 
     # model: (methods, inner steps, meta-batch, query images per class)
@@ -241,25 +304,15 @@ def main(argv=None) -> dict:
     for model_name, (methods, steps_list, batch, query) in plan.items():
         for method in methods:
             for steps in steps_list:
-                r = measure(model_name, method, steps, batch, query, args.mem_limit)
-                results.setdefault(model_name, {}).setdefault(method, {})[str(steps)] = r
+                r = measure(
+                    model_name, method, steps, batch, query, args.mem_limit, args.query_steps
+                )
+                key = f"{method}/query={args.query_steps}" if args.query_steps else method
+                results.setdefault(model_name, {}).setdefault(key, {})[str(steps)] = r
                 print(f"{model_name:>5} {method:>9} {steps:>3} steps: {json.dumps(r)}", flush=True)
                 path.write_text(json.dumps(results, indent=2))  # partial results survive
     plot(results, args.out / f"{name}.png")
-    model = "conv4" if "conv4" in results else next(iter(results))
-    last = max(int(s) for entries in results[model].values() for s in entries)
-    summary = {
-        "model": model,
-        "gem_plus_mem_growth": _ratio(results, model, "gem-bml+", "gem-bml+", "peak_mib", last, 1),
-        "maml_mem_growth": _ratio(results, model, "maml", "maml", "peak_mib", last, 1),
-        f"gem_plus_vs_maml_time_at_{last}": _ratio(
-            results, model, "gem-bml+", "maml", "seconds", last
-        ),
-        f"gem_plus_vs_abml_time_at_{last}": _ratio(
-            results, model, "gem-bml+", "abml", "seconds", last
-        ),
-        "note": "peak RSS above each fresh process's baseline; memory growth = at most steps / at 1",
-    }
+    summary = summarize(results)
     print(json.dumps(summary))
     return summary
 
