@@ -29,13 +29,13 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI
 from pyro.infer.autoguide import AutoGuide, init_to_mean
-from pyro.infer.reparam import LocScaleReparam
 from pyro.optim.lr_scheduler import PyroLRScheduler
 from pyro.poutine.messenger import Messenger
 
 from pyro_gem.elbo import MeanFieldELBO
 from pyro_gem.guides import guide_params, resolve_guide, set_guide_params
 from pyro_gem.tasks.base import validate_task_args
+from pyro_gem.whiten import DECENTERED, WhitenReparam
 
 __all__ = ["InnerVI", "InnerFit", "PriorSwap", "TasksModel", "finite_tasks", "plate_nesting"]
 
@@ -251,9 +251,9 @@ class InnerVI:
         guide_site = site
         if self.whiten:
             # θ = m + σ u with u ~ N(0, I) under the (swapped) prior: the guide works on u, so
-            # one step size suits every prior scale. Pyro's own non-centred reparameterisation.
-            conditioned = poutine.reparam(conditioned, config={site: LocScaleReparam(0.0)})
-            guide_site = f"{site}_decentered"
+            # one step size suits every prior scale (a non-centred reparameterisation).
+            conditioned = poutine.reparam(conditioned, config={site: WhitenReparam()})
+            guide_site = site + DECENTERED
             init_loc, init_scale = (init_loc - p_loc) / p_scale, init_scale / p_scale
 
         def read():
