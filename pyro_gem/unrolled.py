@@ -35,10 +35,30 @@ Gaussian = tuple[torch.Tensor, torch.Tensor]
 
 
 def gaussian_kl(q: Gaussian, p: Gaussian) -> torch.Tensor:
-    """KL(N(μ_q, ν_q²) ‖ N(μ_p, ν_p²)) of diagonal Gaussians, summed over the last dimension."""
+    """KL(N(μ_q, ν_q²) ‖ N(μ_p, ν_p²)) of diagonal Gaussians, summed over the last dimension.
+
+    Written with log ν_q rather than log (ν_q / ν_p)²: its derivative 1/ν_q stays finite in
+    float32 for far smaller posterior scales than 1/ν_q², which a collapsed scale overflows.
+    """
     (mq, sq), (mp, sp) = q, p
-    ratio = (sq / sp).square()
-    return 0.5 * (ratio + ((mq - mp) / sp).square() - 1 - ratio.log()).sum(-1)
+    return (sp.log() - sq.log() + 0.5 * ((sq / sp).square() + ((mq - mp) / sp).square() - 1)).sum(
+        -1
+    )
+
+
+def _whitened_kl(a: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """KL(N(a, softplus(ρ)²) ‖ N(0, 1)) summed over the last dimension, stable as ρ → −∞.
+
+    Backpropagating through the inner steps differentiates this twice. Written as
+    −log softplus(ρ) with the log taken as ρ itself where softplus(ρ) = e^ρ to float precision,
+    its second derivative stays bounded; as log ν² (the general formula) it reaches 1/ν⁴, which
+    overflows float32 once ν < 1e-10 and turns the whole batch's meta-gradient into NaN
+    (every task shares the prior's graph, and 0 · inf = NaN).
+    """
+    nu = F.softplus(rho)
+    tail = rho < -15.0
+    log_nu = torch.where(tail, rho, F.softplus(rho.clamp(min=-15.0)).log())
+    return (0.5 * (a.square() + nu.square() - 1) - log_nu).sum(-1)
 
 
 def _softplus_inverse(x: torch.Tensor) -> torch.Tensor:
@@ -70,8 +90,7 @@ class UnrolledVI:
     def _negative_elbo(self, loglik: TaskLogLikelihood, prior: Gaussian, a, rho) -> torch.Tensor:
         nu = F.softplus(rho)
         expected = loglik(self._draw(prior, a, nu)).mean(0)
-        kl = gaussian_kl((a, nu), (torch.zeros_like(a), torch.ones_like(nu)))
-        return kl - expected  # (T,)
+        return _whitened_kl(a, rho) - expected  # (T,)
 
     def fit(
         self,

@@ -61,3 +61,40 @@ def test_the_fit_carries_a_graph_to_the_prior():
     loc, scale = UnrolledVI(0.05, 3).fit(loglik, (prior.loc, prior.scale))
     (loc.sum() + scale.sum()).backward()
     assert prior.loc.grad is not None and prior.log_scale.grad.abs().sum() > 0
+
+
+def test_whitened_kl_is_the_standard_normal_kl_and_twice_differentiable_at_tiny_scales():
+    """The inner KL to N(0, 1) equals torch's, and its second derivative in ρ stays finite in
+    float32 where the scale has collapsed (ρ = -30: ν ≈ 1e-13, 1/ν⁴ ≈ 1e52 overflows)."""
+    from pyro_gem.unrolled import _whitened_kl
+
+    a = torch.tensor([[0.3, -1.2, 0.0, 2.0]])
+    rho = torch.tensor([[0.5, -3.0, -30.0, -100.0]], requires_grad=True)
+    nu = torch.nn.functional.softplus(rho)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(a[0, :2], nu[0, :2]), torch.distributions.Normal(0.0, 1.0)
+    ).sum()
+    kl = _whitened_kl(a[:, :2], rho[:, :2])
+    torch.testing.assert_close(kl[0], expected)
+    (g,) = torch.autograd.grad(_whitened_kl(a, rho).sum(), rho, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), rho)
+    assert torch.isfinite(g).all() and torch.isfinite(h).all()
+    torch.testing.assert_close(g[0, 2:], torch.tensor([-1.0, -1.0]))  # d(-log ν)/dρ → -1
+
+
+def test_unrolled_meta_gradient_stays_finite_when_one_task_scale_collapses():
+    """A huge inner step on one task drives its ρ far negative; the batch's second-order
+    meta-gradient must stay finite (one task's 0 · inf would otherwise poison every task)."""
+    model, prior = small_sinusoid()
+    batch = Sinusoid().sample(3, torch.Generator().manual_seed(0))
+    x, y = batch.support
+    y = y.clone()
+    y[1] *= 12.0  # task 1: a likelihood gradient so large that its scale collapses (ν ≈ 1e-19)
+    loglik = TaskLogLikelihood(model, prior.name, (x, y), plate_nesting(model, (x, y), "theta"))
+    torch.manual_seed(0)
+    loc, scale = UnrolledVI(lr=0.3, steps=3).fit(loglik, (prior.loc, prior.scale))
+    assert scale[1].min() < 1e-10 * prior.scale.min()  # the collapse did happen
+    loss = -UnrolledVI(0.3, 0).elbo(loglik, (loc, scale), (prior.loc, prior.scale)).sum()
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(prior.loc.grad).all() and torch.isfinite(prior.log_scale.grad).all()
