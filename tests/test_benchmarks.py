@@ -100,3 +100,21 @@ def test_cost_table(tmp_path):
     ).stdout
     assert "| gem-bml+ | 2 s / 2 s / 4 s | 100 MiB / 100 MiB / 110 MiB | ×1.10 (1 → 100) |" in table
     assert "| maml | 2 s / 3 s / OOM | 100 MiB / 500 MiB / OOM | ×5.00 (1 → 10) |" in table
+
+
+def test_sinusoid_thin_keeps_every_50th_iteration_of_finished_runs_only(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sinusoid import thin_finished_runs
+
+    def write(run, iterations):
+        (tmp_path / run).mkdir(parents=True)
+        history = [{"iteration": i} for i in range(1, iterations + 1)]
+        history[66]["heldout_mse"] = 0.5  # an evaluation off the thinning grid is kept
+        (tmp_path / run / "history.json").write_text(json.dumps(history))
+
+    write("default/finished", 120)
+    write("default/running", 90)
+    assert thin_finished_runs(tmp_path, 120) == [tmp_path / "default/finished"]
+    kept = json.loads((tmp_path / "default/finished/history.json").read_text())
+    assert [h["iteration"] for h in kept] == [50, 67, 100]
+    assert len(json.loads((tmp_path / "default/running/history.json").read_text())) == 90
