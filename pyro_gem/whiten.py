@@ -37,8 +37,8 @@ class StandardNormal(dist.Normal):
     """
 
     def __init__(self, shape: torch.Size, like: torch.Tensor):
-        zero = like.new_zeros(()).expand(shape)
-        super().__init__(zero, zero + 1, validate_args=False)
+        zero, one = like.new_zeros(()).expand(shape), like.new_ones(()).expand(shape)
+        super().__init__(zero, one, validate_args=False)
 
     def expand(self, batch_shape, _instance=None):
         return StandardNormal(torch.Size(batch_shape), self.loc)
