@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -83,14 +84,11 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
         progress=not args.no_progress,
     )
     scores = meta_test(learner, mf.tasks.test_tasks(args.test_tasks), steps=STEPS)
-    timed = [h["seconds"] for h in history if "seconds" in h]
     result = {
         "mse": scores["mse"],
         "diverged": scores["diverged"],
         "coverage90": scores["coverage90"],
-        # From the iterations whose time the history holds (committed histories are thinned,
-        # and runs begun before per-step timing was logged have none for their first part).
-        "seconds_per_iteration": sum(timed) / max(len(timed), 1),
+        "seconds_per_iteration": median_seconds(history),
         "final_prior_scale_median": learner.prior.scale.median().item(),
         "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
     }
@@ -112,6 +110,15 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
     }
     result["config"] = inner
     return result, history
+
+
+def median_seconds(history: list[dict]) -> float:
+    """Seconds per meta-iteration: the median over the iterations whose time the history holds
+    (committed histories are thinned, and runs begun before per-step timing was logged have
+    none for their first part). The median, not the mean: a run paused or sharing its core
+    for a while does not shift it."""
+    timed = [h["seconds"] for h in history if "seconds" in h]
+    return statistics.median(timed) if timed else float("nan")
 
 
 def run_reference(setting: str, args) -> dict:
@@ -272,6 +279,8 @@ def main(argv=None) -> dict:
         for method, res in methods.items()
         if "run_dir" in res and (ROOT / res["run_dir"] / "history.json").is_file()
     }
+    for (setting, method), history in histories.items():
+        report["results"][setting][method]["seconds_per_iteration"] = median_seconds(history)
     report["settings"].update(
         {
             "meta_iterations": args.meta_iterations,
