@@ -118,3 +118,9 @@ def test_sinusoid_thin_keeps_every_50th_iteration_of_finished_runs_only(tmp_path
     kept = json.loads((tmp_path / "default/finished/history.json").read_text())
     assert [h["iteration"] for h in kept] == [50, 67, 100]
     assert len(json.loads((tmp_path / "default/running/history.json").read_text())) == 90
+
+
+def test_converged_adaptation_quick():
+    report = run("benchmarks/converged_adaptation.py", "--quick")
+    (row,) = report["rows"]
+    assert set(row["mse"]) == {"2", "5"} and 0 <= row["coverage90"] <= 1
