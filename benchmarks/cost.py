@@ -94,7 +94,7 @@ def worker(
     from pyro_gem.modelfile import load_model_file
 
     torch.set_num_threads(1)
-    mf = load_model_file(ROOT / "models" / "sinusoid.py")
+    mf = load_model_file(ROOT / "models" / "sinusoid.py", seed=0)
     config = resolve_config(
         mf.config, {"method": method, "inner_steps": steps, "query_steps": query_steps}
     )

@@ -25,15 +25,14 @@ import pyro
 import torch
 
 from pyro_gem import meta_test
-from pyro_gem.cli import build_learner, resolve_config
-from pyro_gem.modelfile import load_model_file
+from pyro_gem.cli import build_learner, load_seeded, resolve_config
 from pyro_gem.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> dict:
-    mf = load_model_file(ROOT / "models" / "sinusoid.py")
+    mf = load_seeded(ROOT / "models" / "sinusoid.py")
     config = resolve_config(mf.config)
     extra = {
         "noise": mf.module.noise,

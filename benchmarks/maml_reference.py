@@ -93,7 +93,7 @@ def main(argv=None):
     )
     ref, ref_diverged = reference_scores(net, params, adapt, test)
 
-    mf = load_model_file(ROOT / "models" / "sinusoid.py")
+    mf = load_model_file(ROOT / "models" / "sinusoid.py", seed=args.seed)
     mf.tasks = tasks
     learner = build_learner(mf, resolve_config(mf.config, {"method": "maml"}))
     gen = torch.Generator().manual_seed(args.seed)

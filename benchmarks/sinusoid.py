@@ -30,7 +30,6 @@ import statistics
 from pathlib import Path
 
 import matplotlib
-import pyro
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -51,8 +50,7 @@ REFERENCE = "maml-reference"
 def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
     # The model file initialises the network when it runs: seed first, so that every method
     # starts from the same weights whatever this process ran before.
-    pyro.set_rng_seed(args.seed)
-    mf = load_model_file(ROOT / "models" / "sinusoid.py")
+    mf = load_model_file(ROOT / "models" / "sinusoid.py", seed=args.seed)
     mf.tasks = Sinusoid(setting, shots=args.shots)
     config = resolve_config(
         mf.config,

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+import pyro
+
 from pyro_gem.evaluation import meta_test
 from pyro_gem.methods import INNER_OPTIMS, METHODS, NEWTON, build
 from pyro_gem.modelfile import load_model_file
@@ -133,8 +135,22 @@ def _meta_test_and_plot(learner, mf, config: dict, out_dir: Path, history: list[
     return scores
 
 
+def load_seeded(path: Path, seed: int | None = None):
+    """Load a model file with the random state seeded first.
+
+    A model file builds its network when it runs, and the prior starts from the network's own
+    initialisation: without a seed, every process would start a run from different weights. The
+    seed is ``seed`` (the CLI's), else the file's ``config["seed"]``, else the default; a file
+    that sets its own seed is run twice, the second time under that seed.
+    """
+    first = DEFAULTS["seed"] if seed is None else seed
+    mf = load_model_file(path, seed=first)
+    wanted = resolve_config(mf.config, {"seed": seed})["seed"]
+    return mf if wanted == first else load_model_file(path, seed=wanted)
+
+
 def _train(args) -> int:
-    mf = load_model_file(args.model_file)
+    mf = load_seeded(args.model_file, args.seed)
     config = resolve_config(mf.config, {key: getattr(args, key, None) for key in DEFAULTS})
     config["model_file"] = str(args.model_file.resolve())
     out = args.out
@@ -183,6 +199,7 @@ def _evaluate(args) -> int:
     )
     learner = build_learner(mf, config)
     learner.load_state_dict(state["learner"])
+    pyro.set_rng_seed(config["seed"])  # the same draws every time a checkpoint is evaluated
     print(f"{config['method']} after {state['iteration']} meta-iterations")
     out = args.run_dir if args.out is None else args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyro
+
 from pyro_gem.priors import GaussianPrior
 
 __all__ = ["ModelFile", "load_model_file"]
@@ -37,10 +39,14 @@ class ModelFile:
     module: Any = None
 
 
-def load_model_file(path: str | Path) -> ModelFile:
+def load_model_file(path: str | Path, seed: int | None = None) -> ModelFile:
     """Execute a model file as a fresh module and collect what it defines.
 
     Every call returns new objects (a new prior), so two loads never share state.
+
+    :param seed: seed torch, numpy and ``random`` (``pyro.set_rng_seed``) before the file runs.
+        A model file usually builds its network when it runs, and the prior starts from the
+        network's initialisation: without a seed each process starts from other weights.
 
     :raises FileNotFoundError: if there is no such file.
     :raises ValueError: naming the missing or ill-typed attribute.
@@ -53,6 +59,8 @@ def load_model_file(path: str | Path) -> ModelFile:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
     sys.path.insert(0, str(path.parent.resolve()))
+    if seed is not None:
+        pyro.set_rng_seed(seed)
     try:
         spec.loader.exec_module(module)
     except BaseException:

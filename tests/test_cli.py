@@ -85,6 +85,40 @@ def test_train_evaluate_and_resume(tiny_model, tmp_path, capsys):
     assert "inner_lr_decay must lie in [0, 1]" in capsys.readouterr().err
 
 
+def test_runs_from_one_seed_start_from_the_same_network_and_end_the_same(tiny_model, tmp_path):
+    """The model file builds its network when it is loaded: the CLI seeds before that, so two
+    runs of one command are the same run (before, each process drew its own initial weights)."""
+    results = []
+    for name in ("a", "b"):
+        torch.manual_seed(int(name, 16))  # whatever state the process happens to be in
+        out = tmp_path / name
+        argv = ["train", str(tiny_model), "--meta-iterations", "2", "--out", str(out)]
+        assert main(argv + ["--no-progress", "--seed", "3"]) == 0
+        results.append(
+            (
+                torch.load(out / "checkpoint.pt", weights_only=True)["learner"]["prior"],
+                json.loads((out / "metatest.json").read_text()),
+            )
+        )
+        torch.manual_seed(int(name, 16) + 1)
+        assert main(["evaluate", str(out), "--test-tasks", "3", "--steps", "2"]) == 0
+        results[-1] += (json.loads((out / "metatest.json").read_text()),)
+    (prior_a, test_a, eval_a), (prior_b, test_b, eval_b) = results
+    assert torch.equal(prior_a["loc"], prior_b["loc"])
+    assert torch.equal(prior_a["log_scale"], prior_b["log_scale"])
+    assert test_a == test_b and eval_a == eval_b
+
+
+def test_a_model_file_seed_seeds_the_network(tiny_model):
+    from pyro_gem.cli import load_seeded
+
+    seeded = tiny_model.read_text().replace('"test_tasks": 4}', '"test_tasks": 4, "seed": 7}')
+    tiny_model.write_text(seeded)
+    a, b = load_seeded(tiny_model), load_seeded(tiny_model)
+    assert torch.equal(a.prior.loc, b.prior.loc)
+    assert not torch.equal(a.prior.loc, load_seeded(tiny_model, seed=8).prior.loc)
+
+
 def test_model_file_errors(tmp_path, capsys):
     bad = tmp_path / "bad.py"
     bad.write_text("model = None\n")
