@@ -9,8 +9,8 @@ final one. The README's inner-VI table comes from runs of this script.
     python benchmarks/inner_vi_sweep.py inner_optim=sgd inner_lr=0.3 learn_scale=0
 
 Keys: any option of ``pyro_gem.cli.DEFAULTS`` plus ``noise`` (likelihood sd), ``init_scale``,
-``whiten`` (0/1), ``learn_scale`` (0 keeps σ fixed: only the prior mean is meta-learned) and
-``threads``.
+``whiten`` (0/1), ``learn_scale`` (0 keeps σ fixed: only the prior mean is meta-learned),
+``adam_eps`` (the inner Adam's ε) and ``threads``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main(argv: list[str]) -> dict:
         "init_scale": 0.01,
         "whiten": 1,
         "learn_scale": 1,
+        "adam_eps": 1e-8,
         "threads": 1,
     }
     for item in argv:
@@ -56,6 +57,10 @@ def main(argv: list[str]) -> dict:
         mf.prior.log_scale.fill_(torch.tensor(extra["init_scale"]).log())
     learner = build_learner(mf, config)
     learner.inner.whiten = bool(extra["whiten"])
+    if extra["adam_eps"] != 1e-8 and config["inner_optim"] == "adam":
+        # Adam's ε as a noise floor: gradients well below it move a weight like SGD with step
+        # lr / ε instead of by about lr, so weights the data barely inform stop random-walking.
+        learner.inner.optim = pyro.optim.Adam({"lr": config["inner_lr"], "eps": extra["adam_eps"]})
     if not extra["learn_scale"]:
         learner.meta_optim = torch.optim.Adam([mf.prior.loc], lr=config["meta_lr"])
     pyro.set_rng_seed(config["seed"])
