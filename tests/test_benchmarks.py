@@ -124,3 +124,16 @@ def test_converged_adaptation_quick():
     report = run("benchmarks/converged_adaptation.py", "--quick")
     (row,) = report["rows"]
     assert set(row["mse"]) == {"2", "5"} and 0 <= row["coverage90"] <= 1
+
+
+def test_per_task_mse_on_a_short_run(tmp_path):
+    from pyro_gem.cli import main
+
+    out = tmp_path / "maml"
+    argv = ["train", str(ROOT / "models" / "sinusoid.py"), "--method", "maml"]
+    argv += ["--meta-iterations", "3"]
+    assert main(argv + ["--test-tasks", "4", "--out", str(out), "--no-progress"]) == 0
+    report = run("benchmarks/per_task_mse.py", str(out), "--test-tasks", "5", "--steps", "1", "3")
+    assert set(report["steps"]) == {"1", "3"}
+    row = report["steps"]["3"]
+    assert row["blown_up"] == 0 and row["median"] <= row["max"]
