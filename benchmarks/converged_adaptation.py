@@ -59,8 +59,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.run, args.steps, args.test_tasks = None, [2, 5], 8
 
-    pyro.set_rng_seed(args.seed)
-    mf = load_model_file(args.model_file)
+    mf = load_model_file(args.model_file, seed=args.seed)
     if args.run is not None:
         state = torch.load(args.run / "checkpoint.pt", weights_only=True)
         mf.prior.load_state_dict(state["learner"]["prior"])
