@@ -57,9 +57,12 @@ def main(argv: list[str]) -> dict:
         mf.prior.log_scale.fill_(torch.tensor(extra["init_scale"]).log())
     learner = build_learner(mf, config)
     learner.inner.whiten = bool(extra["whiten"])
-    if extra["adam_eps"] != 1e-8 and config["inner_optim"] == "adam":
+    if extra["adam_eps"] != 1e-8:
         # Adam's ε as a noise floor: gradients well below it move a weight like SGD with step
         # lr / ε instead of by about lr, so weights the data barely inform stop random-walking.
+        # This replaces the learner's inner optimiser, so it cannot also carry a step decay.
+        if config["inner_optim"] != "adam" or float(config["inner_lr_decay"]) != 1.0:
+            raise SystemExit("adam_eps needs inner_optim=adam and no inner_lr_decay")
         learner.inner.optim = pyro.optim.Adam({"lr": config["inner_lr"], "eps": extra["adam_eps"]})
     if not extra["learn_scale"]:
         learner.meta_optim = torch.optim.Adam([mf.prior.loc], lr=config["meta_lr"])
