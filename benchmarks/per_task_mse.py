@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_gem import Sinusoid
+from pyro_gem import Sinusoid, task_scores
 from pyro_gem.cli import build_learner
 from pyro_gem.modelfile import load_model_file
 from pyro_gem.training import load_checkpoint
@@ -43,11 +43,9 @@ def main(argv=None) -> dict:
     learner = build_learner(mf, config)
     learner.load_state_dict(state["learner"])
     tasks = mf.tasks.test_tasks(args.test_tasks)
-    (xs, ys), (xq, yq) = tasks.support, tasks.query
+    per_task = task_scores(learner, tasks, steps=args.steps, num_samples=args.num_samples)["mse"]
     rows = {}
-    for steps in args.steps:
-        draws = learner.adapt(xs, ys, steps=steps).predict(xq, num_samples=args.num_samples)
-        mse = ((draws["mean"].mean(0) - yq) ** 2).mean(-1)
+    for steps, mse in per_task.items():
         ok = torch.isfinite(mse) & (mse <= args.threshold)
         rows[str(steps)] = {
             "median": mse.nanmedian().item(),

@@ -10,7 +10,7 @@ Example::
 """
 
 from pyro_gem.estimators import GradientEM, gem_gradient, gem_plus_gradient
-from pyro_gem.evaluation import meta_test
+from pyro_gem.evaluation import meta_test, task_scores
 from pyro_gem.inner import InnerVI
 from pyro_gem.learners import GEMBML
 from pyro_gem.methods import METHOD_TABLE, METHODS
@@ -33,6 +33,7 @@ __all__ = [
     "gem_gradient",
     "gem_plus_gradient",
     "meta_test",
+    "task_scores",
 ]
 
 __version__ = "0.1.0"
