@@ -67,6 +67,7 @@ def task_scores(
         error of the predictive mean and the share of query targets inside the 90% predictive
         interval, averaged over the task's query points. Not finite where adaptation diverged.
     """
+    tasks.validate()  # the query sets too: bad query data is not a diverged inner loop
     steps = sorted(set(int(s) for s in steps))
     if not steps or steps[0] < 0:
         raise ValueError(f"steps must be non-negative inner-step counts, got {steps}")

@@ -34,16 +34,55 @@ from pyro.poutine.messenger import Messenger
 
 from pyro_gem.elbo import MeanFieldELBO
 from pyro_gem.guides import guide_params, resolve_guide, set_guide_params
-from pyro_gem.tasks.base import validate_task_args
+from pyro_gem.tasks.base import task_count, validate_task_args
 from pyro_gem.whiten import DECENTERED, WhitenReparam
 
 __all__ = ["InnerVI", "InnerFit", "PriorSwap", "TasksModel", "finite_tasks", "plate_nesting"]
 
 
-def plate_nesting(model: Callable, args: Sequence, site: str) -> int:
+class _PriorSiteCheck(Messenger):
+    """Refuse a prior site that is not a diagonal Normal over ``num_weights`` weights."""
+
+    def __init__(self, site: str, num_weights: int | None):
+        super().__init__()
+        self.site, self.num_weights = site, num_weights
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] != self.site or msg["is_observed"]:
+            return
+        fn = base = msg["fn"]
+        while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
+            base = base.base_dist
+        if type(base) is not dist.Normal:
+            raise ValueError(
+                f"the prior site {self.site!r} draws from {type(fn).__name__}"
+                f"({type(base).__name__}): it must be the learnable diagonal Normal, "
+                "pyro.sample(prior.name, prior.dist()) or prior.sample_net()"
+            )
+        if self.num_weights is not None and tuple(fn.event_shape) != (self.num_weights,):
+            raise ValueError(
+                f"the prior site {self.site!r} has event shape {tuple(fn.event_shape)}, but "
+                f"the prior is over ({self.num_weights},) weights: draw them with prior.dist()"
+            )
+
+
+def plate_nesting(
+    model: Callable, args: Sequence, site: str, num_weights: int | None = None
+) -> int:
     """How many plate dims the single-task model uses, traced on the first task of ``args``.
 
-    :raises ValueError: if the model has no sample site called ``site``.
+    The same trace checks that the model is one pyro_gem can fit: the prior site is a latent
+    diagonal Normal over ``num_weights`` weights (the inner loop swaps in the learnable prior's
+    values, so any other family would silently become a different model), and the model
+    declares no ``pyro.param`` (SVI would train it as a parameter shared by every task of a
+    batch and carry it from one meta-iteration to the next).
+
+    :param model: the user's single-task model.
+    :param args: the model's arguments, stacked over tasks ``(T, N, ...)``.
+    :param site: the prior's sample site.
+    :param num_weights: the prior's size D, checked against the site's event shape if given.
+    :raises ValueError: if the model has no latent sample site called ``site``, the site is not
+        a Normal over ``(num_weights,)``, or the model declares ``pyro.param`` sites.
     """
     one = tuple(a[0] if isinstance(a, torch.Tensor) else a for a in args)
     # A forked random state: whether this trace runs must not change what a run samples.
@@ -53,15 +92,25 @@ def plate_nesting(model: Callable, args: Sequence, site: str) -> int:
         pyro.get_param_store().scope(),
         pyro.settings.context(module_local_params=True),
     ):
-        tr = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*one)
+        # The prior site is checked as it is drawn, before the model runs its network on a
+        # draw of the wrong size.
+        tr = poutine.trace(_PriorSiteCheck(site, num_weights)(model)).get_trace(*one)
     if site not in tr.nodes or tr.nodes[site]["type"] != "sample":
         found = [n for n, s in tr.nodes.items() if s["type"] == "sample"]
         raise ValueError(
             f"the model has no prior sample site {site!r} (its sample sites: {found}); "
             "draw the weights with prior.sample_net() or pyro.sample(prior.name, prior.dist())"
         )
-    if tr.nodes[site]["is_observed"]:
+    node = tr.nodes[site]
+    if node["is_observed"]:
         raise ValueError(f"the prior site {site!r} is observed; it must be a latent site")
+    params = [n for n, s in tr.nodes.items() if s["type"] == "param"]
+    if params:
+        raise ValueError(
+            f"the model declares pyro.param sites {params}: the inner loop would train them as "
+            "parameters shared by all tasks. pyro_gem meta-learns only the prior; make them "
+            "constants, or weights of the network under the prior"
+        )
     dims = [
         -f.dim
         for s in tr.nodes.values()
@@ -85,7 +134,7 @@ class TasksModel:
         self.dim = -(nesting + 1)
 
     def __call__(self, *args, **kwargs):
-        num_tasks = next(a for a in args if isinstance(a, torch.Tensor)).shape[0]
+        num_tasks = task_count(args)
         with pyro.plate("tasks", num_tasks, dim=self.dim):
             return self.model(*args, **kwargs)
 
@@ -200,10 +249,6 @@ class InnerVI:
         self.loss = loss
         self.whiten = whiten
 
-    @property
-    def has_scale(self) -> bool:
-        return self.guide_cls is not pyro.infer.autoguide.AutoDelta
-
     def _elbo(self, nesting: int) -> pyro.infer.ELBO:
         if self.loss is not None:
             return self.loss
@@ -237,7 +282,7 @@ class InnerVI:
         """
         validate_task_args(args, "inner VI")
         if nesting is None:
-            nesting = plate_nesting(model, args, site)
+            nesting = plate_nesting(model, args, site, num_weights=prior[0].shape[-1])
         tasks_model = TasksModel(model, nesting)
         steps = self.steps if steps is None else int(steps)
         swap = PriorSwap(site, *prior, tasks_dim=tasks_model.dim)

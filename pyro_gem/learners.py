@@ -62,7 +62,9 @@ class MetaLearner:
     def nesting(self, args: Sequence) -> int:
         """The model's plate nesting (traced once, then cached); checks the prior site exists."""
         if self._nesting is None:
-            self._nesting = plate_nesting(self.model, args, self.prior.name)
+            self._nesting = plate_nesting(
+                self.model, args, self.prior.name, num_weights=self.prior.num_weights
+            )
         return self._nesting
 
     @property
@@ -143,17 +145,9 @@ class MetaLearner:
                 break
             losses, stats = task_losses(batch.select(index))
         stats["nan_tasks"] = sorted(bad)
-        if bad:
-            warnings.warn(
-                f"inner loop diverged on tasks {sorted(bad)}; they are left out of the "
-                "meta-gradient",
-                stacklevel=3,
-            )
+        warn_diverged(stats["nan_tasks"], len(batch), stacklevel=4)
         if losses is None:
             stats["meta_objective"] = float("nan")
-            warnings.warn(
-                "every task's inner loop diverged; the prior was not updated", stacklevel=3
-            )
         else:
             stats.setdefault("meta_objective", -losses.detach().mean().item())
             losses.mean().backward()
@@ -262,16 +256,8 @@ class GEMBML(MetaLearner):
             l2 = l1 - stats["elbo_support"]
         stats["meta_objective"] = l2 if self.estimator.plus else l1
         self.meta_optim.zero_grad()
-        if not ok.any():
-            warnings.warn(
-                "every task's inner loop diverged; the prior was not updated", stacklevel=2
-            )
-        else:
-            if bad:
-                warnings.warn(
-                    f"inner loop diverged on tasks {bad}; they are left out of the meta-gradient",
-                    stacklevel=2,
-                )
+        warn_diverged(bad, num_tasks, stacklevel=3)
+        if ok.any():
             g_loc, g_log_scale = self.estimator(
                 self.prior.loc,
                 self.prior.log_scale,
@@ -286,6 +272,22 @@ class GEMBML(MetaLearner):
             self.meta_optim.step()
         stats["prior_scale_median"] = self.prior.scale.median().item()
         return stats
+
+
+def warn_diverged(bad: list[int], num_tasks: int, stacklevel: int) -> None:
+    """Warn that tasks ``bad`` (of ``num_tasks``) diverged and are left out of the update.
+
+    :param stacklevel: as for :func:`warnings.warn` called here (3 names a method's caller).
+    """
+    if len(bad) == num_tasks:
+        warnings.warn(
+            "every task's inner loop diverged; the prior was not updated", stacklevel=stacklevel
+        )
+    elif bad:
+        warnings.warn(
+            f"inner loop diverged on tasks {bad}; they are left out of the meta-gradient",
+            stacklevel=stacklevel,
+        )
 
 
 def _last(losses: list[float], factor: float) -> float:

@@ -24,6 +24,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 from pyro_gem.inner import TasksModel
+from pyro_gem.tasks.base import task_count
 
 __all__ = ["TaskLogLikelihood", "task_log_likelihood"]
 
@@ -82,7 +83,7 @@ class TaskLogLikelihood:
 
     def __init__(self, model: Callable, site: str, args: Sequence, nesting: int):
         self.model, self.site, self.args, self.nesting = model, site, tuple(args), nesting
-        self.num_tasks = next(a for a in self.args if torch.is_tensor(a)).shape[0]
+        self.num_tasks = task_count(self.args)
         self._repeated: dict[int, tuple] = {1: self.args}
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:

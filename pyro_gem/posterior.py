@@ -19,6 +19,7 @@ import torch
 from pyro.infer import Predictive
 
 from pyro_gem.inner import InnerFit, finite_tasks
+from pyro_gem.tasks.base import validate_task_args
 
 __all__ = ["ParticlePosterior", "Posterior"]
 
@@ -81,7 +82,7 @@ class Posterior:
         :returns: ``{site: (num_samples, T, ...)}`` as Predictive lays them out (the prior site
             keeps its plate slots: ``(num_samples, T, 1, D)`` for a model with one data plate).
         """
-        n = next(a for a in args if isinstance(a, torch.Tensor)).shape[0]
+        n = validate_task_args(args, "prediction input")
         if n != self.num_tasks:
             raise ValueError(f"the posterior is over {self.num_tasks} tasks, got inputs for {n}")
         # A task whose inner VI diverged predicts NaN. Its parameters (NaN, or finite but with a
@@ -148,7 +149,7 @@ class ParticlePosterior:
         self, *args, num_samples: int = 100, return_sites: Sequence[str] | None = None, **kwargs
     ) -> dict[str, torch.Tensor]:
         """Predictive samples at new inputs, laid out as :meth:`Posterior.predict` lays them out."""
-        n = next(a for a in args if isinstance(a, torch.Tensor)).shape[0]
+        n = validate_task_args(args, "prediction input")
         if n != self.num_tasks:
             raise ValueError(f"the posterior is over {self.num_tasks} tasks, got inputs for {n}")
         index = torch.arange(num_samples) % self.particles.shape[1]

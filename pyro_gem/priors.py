@@ -22,6 +22,8 @@ its own ``name``) and run the layers yourself; the learners take a single prior 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -61,6 +63,10 @@ class GaussianPrior(nn.Module):
         if loc.shape != (d,):
             raise ValueError(f"init_loc has shape {tuple(loc.shape)}, expected ({d},)")
         scale = torch.as_tensor(init_scale, dtype=loc.dtype)
+        if scale.shape not in ((), (1,), (d,)):
+            raise ValueError(
+                f"init_scale has shape {tuple(scale.shape)}: expected a float or ({d},)"
+            )
         if not torch.all(scale > 0) or not torch.all(torch.isfinite(scale)):
             raise ValueError(f"init_scale must be positive and finite, got {init_scale!r}")
         self.loc = nn.Parameter(loc.detach().clone())
@@ -82,7 +88,7 @@ class GaussianPrior(nn.Module):
         """Sample θ at this prior's site (``pyro.sample(self.name, self.dist())``)."""
         return pyro.sample(self.name, self.dist())
 
-    def sample_net(self):
+    def sample_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """Sample θ at this prior's site and return the network evaluated on it.
 
         The returned callable maps inputs ``(..., N, *E)`` to outputs ``(..., N, *out)``. Under

@@ -64,8 +64,13 @@ def test_task_scores_are_what_meta_test_summarises():
     assert ((per_task["coverage90"][2][ok] >= 0) & (per_task["coverage90"][2][ok] <= 1)).all()
 
 
-def test_task_scores_name_bad_steps():
+def test_task_scores_name_bad_steps_and_bad_query_data():
     model, prior = small_sinusoid()
     learner = GEMBML(model, prior, inner=InnerVI(steps=2))
+    test = Sinusoid().test_tasks(2)
     with pytest.raises(ValueError, match="steps"):
-        task_scores(learner, Sinusoid().test_tasks(2), steps=(-1, 2))
+        task_scores(learner, test, steps=(-1, 2))
+    y = test.query[1].clone()
+    y[1, 0] = torch.nan
+    with pytest.raises(ValueError, match=r"query argument 1 holds NaN .*tasks \[1\]"):
+        meta_test(learner, TaskBatch(test.support, (test.query[0], y)), steps=(0, 2))

@@ -108,6 +108,39 @@ def test_particles_and_any_pyro_optim():
         assert fit.finite.all()
 
 
+def test_plate_nesting_refuses_models_it_cannot_fit():
+    _, prior = small_sinusoid()
+    batch = Sinusoid().sample(2, torch.Generator().manual_seed(3))
+
+    def model_with(theta_dist, param=False):
+        def model(x, y=None):
+            theta = pyro.sample("theta", theta_dist)
+            scale = pyro.param("noise", torch.tensor(0.3)) if param else 0.3
+            mean = prior.net(theta, x)
+            with pyro.plate("data", x.shape[-2], dim=-1):
+                pyro.sample("y", dist.Normal(mean.squeeze(-1), scale), obs=y)
+
+        return model
+
+    d = prior.num_weights
+    cases = {
+        r"draws from Independent\(Laplace\)": model_with(
+            dist.Laplace(torch.zeros(d), 1.0).to_event(1)
+        ),
+        r"event shape \(5,\), but the prior is over": model_with(
+            dist.Normal(torch.zeros(5), 1.0).to_event(1)
+        ),
+        r"pyro.param sites \['noise'\]": model_with(prior.dist(), param=True),
+    }
+    for message, model in cases.items():
+        with pytest.raises(ValueError, match=message):
+            plate_nesting(model, batch.support, "theta", num_weights=d)
+        with pytest.raises(ValueError, match=message):
+            InnerVI(steps=1).fit(model, "theta", batch.support, (prior.loc, prior.scale))
+    assert plate_nesting(model_with(prior.dist()), batch.support, "theta", num_weights=d) == 1
+    assert len(pyro.get_param_store().keys()) == 0
+
+
 def test_inner_vi_errors():
     model, prior = small_sinusoid()
     with pytest.raises(ValueError, match="unsupported guide"):

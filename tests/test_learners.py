@@ -137,6 +137,10 @@ def test_adapt_records_history_and_predicts():
     assert draws["mean"].shape == (7, 3, 10)
     with pytest.raises(ValueError, match="over 3 tasks"):
         post.predict(test.query[0][:2])
+    with pytest.raises(ValueError, match="hold no tensor: pass the model's data positionally"):
+        post.predict(x=test.query[0])
+    with pytest.raises(ValueError, match="prediction input argument 0 holds NaN"):
+        post.predict(torch.where(test.query[0] > 0, torch.nan, test.query[0]))
     assert len(pyro.get_param_store().keys()) == 0
 
 

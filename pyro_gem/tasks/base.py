@@ -18,7 +18,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["TaskBatch", "validate_task_args"]
+__all__ = ["TaskBatch", "task_count", "validate_task_args"]
+
+
+def task_count(args: Sequence, what: str = "model") -> int:
+    """The number of tasks T in stacked model arguments: dimension 0 of the first tensor.
+
+    :param args: the model's positional arguments, tensors stacked over tasks ``(T, ...)``.
+    :param what: the arguments' name, used in the error message.
+    :raises ValueError: if no positional argument is a tensor.
+    """
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.shape[0]
+    raise ValueError(
+        f"the {what} arguments hold no tensor: pass the model's data positionally, each "
+        "stacked over tasks (T, N, ...); keyword-only data cannot be split into tasks"
+    )
 
 
 def validate_task_args(args: Sequence[torch.Tensor], what: str = "support") -> int:
@@ -28,9 +44,8 @@ def validate_task_args(args: Sequence[torch.Tensor], what: str = "support") -> i
     :param what: the set's name, used in error messages.
     :raises ValueError: for zero tasks, an empty set, mismatched shapes or non-finite values.
     """
+    task_count(args, what)
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if not tensors:
-        raise ValueError(f"the {what} set has no tensors")
     for i, t in enumerate(tensors):
         if t.dim() < 2:
             raise ValueError(
