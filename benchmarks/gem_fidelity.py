@@ -57,13 +57,7 @@ def estimates(mf, variant: dict, batch, repeats: int, seed: int) -> tuple[list, 
     for r in range(repeats):
         pyro.set_rng_seed(seed + r)
         support, joint = learner.fit_posteriors(batch)
-        ok = support.finite & joint.finite
-        g = learner.estimator(
-            learner.prior.loc,
-            learner.prior.log_scale,
-            (joint.loc[ok], joint.scale[ok]),
-            (support.loc[ok], support.scale[ok]),
-        )
+        g = learner.gradient_em(support, joint, support.finite & joint.finite)
         out.append([x.mean(0) for x in g])
     return out, (time.perf_counter() - start) / repeats
 

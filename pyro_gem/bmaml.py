@@ -52,6 +52,8 @@ def svgd_adapt(
 
     :param loglik: the tasks' log-likelihood (weights ``(M, T, D)``).
     :param particles: ``(T, M, D)``, possibly with a graph to the meta-parameters.
+    :param steps: the number of SVGD steps.
+    :param lr: the SVGD step size.
     :param create_graph: keep every step's graph (backpropagation through the loop).
     :param record: steps after which to keep a copy of the particles.
     :returns: the final particles and ``{step: particles}`` for ``record``.

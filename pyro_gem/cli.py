@@ -18,8 +18,9 @@ from pathlib import Path
 import pyro
 
 from pyro_gem.evaluation import meta_test
+from pyro_gem.learners import MetaLearner
 from pyro_gem.methods import INNER_OPTIMS, METHODS, NEWTON, build
-from pyro_gem.modelfile import load_model_file
+from pyro_gem.modelfile import ModelFile, load_model_file
 from pyro_gem.training import load_checkpoint, train
 
 __all__ = ["main", "build_learner", "resolve_config"]
@@ -60,8 +61,12 @@ def resolve_config(file_config: dict, overrides: dict | None = None) -> dict:
     return config
 
 
-def build_learner(model_file, config: dict):
-    """The learner a run's options describe, over the model file's model and prior."""
+def build_learner(model_file: ModelFile, config: dict) -> MetaLearner:
+    """The learner a run's options describe, over the model file's model and prior.
+
+    :param model_file: the loaded model file (its ``model`` and ``prior``).
+    :param config: the run's resolved options (``method`` and the method's settings).
+    """
     return build(config["method"], model_file.model, model_file.prior, config)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import arviz as az
 import numpy as np
@@ -22,6 +23,10 @@ import torch
 from pyro.infer import Predictive
 
 from pyro_gem.posterior import Posterior
+
+if TYPE_CHECKING:
+    from pyro_gem.learners import MetaLearner
+    from pyro_gem.tasks.base import TaskBatch
 
 __all__ = ["to_inference_data", "plot_tasks", "plot_training"]
 
@@ -111,9 +116,9 @@ def to_inference_data(
 
 
 def plot_tasks(
-    learner,
+    learner: MetaLearner,
     tasks,
-    batch,
+    batch: TaskBatch,
     path: str | Path | None = None,
     steps: int | None = None,
     num_samples: int = 200,
@@ -126,6 +131,14 @@ def plot_tasks(
     the posterior predictive mean with its 90% band over a grid spanning the inputs, after
     ``steps`` inner steps (the learner's default when omitted).
 
+    :param learner: a trained learner; its ``adapt`` gives the posteriors.
+    :param tasks: the task family, for the true function (its ``function(info, x)``, if any).
+    :param batch: the tasks to plot, one panel each.
+    :param path: where to write the PNG; ``None`` returns the figure instead.
+    :param steps: inner steps of adaptation.
+    :param num_samples: posterior draws for the band.
+    :param grid_points: prediction points per panel.
+    :param mean_site: a deterministic site holding the noise-free prediction, if the model has one.
     :returns: the path written, or the figure when ``path`` is ``None``; ``None`` when the
         tasks do not have scalar inputs.
     """

@@ -105,7 +105,11 @@ class GradientEM:
 
 
 def sgd_adapt(
-    log_likelihood, theta: torch.Tensor, steps: int, lr: float, create_graph: bool
+    log_likelihood: Callable[[torch.Tensor], torch.Tensor],
+    theta: torch.Tensor,
+    steps: int,
+    lr: float,
+    create_graph: bool,
 ) -> torch.Tensor:
     """K steps of gradient ascent on each task's log-likelihood, differentiable if asked.
 
@@ -115,6 +119,8 @@ def sgd_adapt(
     :param log_likelihood: ``theta (T, D) -> (T,)``.
     :param theta: the starting weights ``(T, D)``; with ``create_graph`` they may carry a graph
         to the meta-parameters (second-order MAML backpropagates through every step).
+    :param steps: the number of steps K.
+    :param lr: the step size α.
     :param create_graph: keep the graph of each step (second order) or not (first order).
     """
     for _ in range(steps):

@@ -11,10 +11,14 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from pyro_gem.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from pyro_gem.posterior import ParticlePosterior, Posterior
 
 __all__ = ["meta_test", "mean_ci95", "predictive_summary", "task_scores"]
 
@@ -27,12 +31,24 @@ def mean_ci95(values: torch.Tensor) -> list[float]:
 
 
 def predictive_summary(
-    posterior, inputs: Sequence[torch.Tensor], num_samples: int, obs_site: str, mean_site: str
+    posterior: Posterior | ParticlePosterior,
+    inputs: Sequence[torch.Tensor],
+    num_samples: int,
+    obs_site: str,
+    mean_site: str,
 ) -> dict[str, torch.Tensor]:
     """Predictive mean and 5% / 95% quantiles of the observations, per task and point.
 
     The mean is the posterior mean of ``mean_site`` when the model records it (the noise-free
     function), otherwise the mean of the sampled observations.
+
+    :param posterior: an adapted posterior over T tasks.
+    :param inputs: the model's inputs at the prediction points (its arguments without the
+        observations), stacked over the T tasks.
+    :param num_samples: posterior draws.
+    :param obs_site: the model's observation site.
+    :param mean_site: a deterministic site holding the noise-free prediction, if the model has one.
+    :returns: ``{"mean", "lower", "upper": (T, N, ...), "samples": (num_samples, T, N, ...)}``.
     """
     draws = posterior.predict(*inputs, num_samples=num_samples)
     if obs_site not in draws:

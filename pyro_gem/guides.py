@@ -28,6 +28,7 @@ SUPPORTED_GUIDES: dict[str, type[AutoGuide]] = {"normal": AutoNormal, "delta": A
 def resolve_guide(guide: str | type[AutoGuide]) -> type[AutoGuide]:
     """The autoguide class for a name (``"normal"``, ``"delta"``) or a class.
 
+    :param guide: a name (``"normal"``, ``"AutoNormal"``, ``"delta"``, ...) or an autoguide class.
     :raises ValueError: naming the guide, if it is not one the Gradient-EM estimator can read.
     """
     if isinstance(guide, str):
@@ -57,6 +58,8 @@ def _holder(guide: AutoGuide, kind: str):
 def guide_params(guide: AutoGuide, site: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The guide's mean and standard deviation at ``site``, detached.
 
+    :param guide: an AutoNormal or AutoDelta that has been run once (its parameters exist).
+    :param site: the sample site, dotted as Pyro nests it.
     :returns: ``(loc, scale)``; ``scale`` is ``None`` for a delta guide.
     """
     loc = attrgetter(site)(_holder(guide, "loc")).detach()
@@ -71,6 +74,11 @@ def set_guide_params(
     """Set the guide's mean (and standard deviation, if it has one) at ``site``.
 
     Values are broadcast to the shape of the guide's parameters.
+
+    :param guide: an AutoNormal or AutoDelta that has been run once (its parameters exist).
+    :param site: the sample site, dotted as Pyro nests it.
+    :param loc: the mean, broadcastable to the guide's parameter at ``site``.
+    :param scale: the standard deviation (positive), ignored by a delta guide; ``None`` keeps it.
     """
     with torch.no_grad():
         for kind, value in (("loc", loc), ("scale", scale)):

@@ -232,6 +232,22 @@ class GEMBML(MetaLearner):
         )
         return support, joint
 
+    def gradient_em(
+        self, support: InnerFit, joint: InnerFit, tasks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-task Gradient-EM ascent directions (ĝ_m, ĝ_s) of L[1] or L[2] at the prior.
+
+        :param support: q_λtr, from :meth:`fit_posteriors`.
+        :param joint: q_λtr⊕val, from :meth:`fit_posteriors`.
+        :param tasks: a boolean mask ``(T,)`` of the tasks to estimate for (the finite ones).
+        :returns: ``(g_loc, g_log_scale)``, each ``(tasks.sum(), D)``.
+        """
+
+        def select(fit: InnerFit) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return fit.loc[tasks], None if fit.scale is None else fit.scale[tasks]
+
+        return self.estimator(self.prior.loc, self.prior.log_scale, select(joint), select(support))
+
     def step(self, batch: TaskBatch) -> dict:
         """One meta-iteration: inner VI on every task, Gradient-EM, one meta-optimiser step.
 
@@ -258,12 +274,7 @@ class GEMBML(MetaLearner):
         self.meta_optim.zero_grad()
         warn_diverged(bad, num_tasks, stacklevel=3)
         if ok.any():
-            g_loc, g_log_scale = self.estimator(
-                self.prior.loc,
-                self.prior.log_scale,
-                (joint.loc[ok], None if joint.scale is None else joint.scale[ok]),
-                (support.loc[ok], None if support.scale is None else support.scale[ok]),
-            )
+            g_loc, g_log_scale = self.gradient_em(support, joint, ok)
             # The optimiser minimises −L: the gradient is minus the ascent direction.
             self.prior.loc.grad = -g_loc.mean(0)
             self.prior.log_scale.grad = -g_log_scale.mean(0)

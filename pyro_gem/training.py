@@ -43,7 +43,17 @@ def save_checkpoint(
     config: dict,
     history: list[dict],
 ) -> Path:
-    """Write the run's state to ``out_dir`` (atomically: a crash never leaves half a file)."""
+    """Write the run's state to ``out_dir`` (atomically: a crash never leaves half a file).
+
+    :param out_dir: the run directory; ``checkpoint.pt``, ``config.json`` and ``history.json``
+        are written into it.
+    :param learner: the learner, saved through its ``state_dict()``.
+    :param iteration: meta-iterations done so far.
+    :param generator: the task stream's generator, so that a resumed run draws the same tasks.
+    :param config: the run's options.
+    :param history: the per-iteration statistics so far.
+    :returns: the checkpoint's path.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {
