@@ -71,8 +71,18 @@ config = {
         # diverged task in 36% of its iterations and its held-out MSE rose from 0.77 (22,000)
         # to 3.39 after 10 steps at 40,000 (benchmarks/results/kl_chaser_inner_lr_0.3/).
         # A 3,000-iteration pilot at 0.1 (benchmarks/inner_vi_sweep.py): MSE after 10 steps
-        # 0.525 at 1,800 (100 tasks), 6 iterations with a diverged task.
-        "kl-chaser": {"inner_optim": "sgd", "inner_lr": 0.1, "inner_steps": 10},
+        # 0.525 at 1,800 (100 tasks), 6 iterations with a diverged task. At 0.1 and a constant
+        # meta rate of 1e-3 it held 0.13-0.17 from 8,000 to 28,000 iterations, then one
+        # meta-gradient spike (norm 3e4 against ~25) moved the prior to where the inner step
+        # diverges on most tasks: 5.37 at 29,000 (benchmarks/results/kl_chaser_constant_meta_lr/).
+        # It shares GEM-BML+'s objective and posterior, so it takes GEM-BML+'s meta schedule too:
+        # the two then differ only in the meta-gradient estimator and the inner optimiser.
+        "kl-chaser": {
+            "inner_optim": "sgd",
+            "inner_lr": 0.1,
+            "inner_steps": 10,
+            "meta_lr_milestones": [5000, 20000],
+        },
         # SVGD with 5 particles, the step 3 × MAML's. MAML's own step barely moves them (held-out
         # MSE 3.7 at 500 iterations); 10 × and 5 × adapt best over one step but, by 40,000
         # iterations, diverge on some tasks over ten (5 ×: 12 of 600 default, 26 challenging):
