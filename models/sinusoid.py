@@ -21,6 +21,7 @@ net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), n
 prior = GaussianPrior(net, init_scale=0.01)
 noise = 0.3  # likelihood standard deviation of y
 MAML_LR = 0.01 * 2 * noise**2 / 10  # MAML's α = 0.01 on the MSE, in log-likelihood units
+GEM_META_LR_MILESTONES = [5000, 20000]  # meta rate ×0.1 at each (GEM-BML(+) and the KL-chaser)
 
 
 def model(x, y=None):
@@ -47,8 +48,8 @@ config = {
         # Gradient-EM's estimate is noisy per iteration and Adam turns noise into steps of about
         # its learning rate: at a constant 1e-3 the prior random-walks away once the signal is
         # learned (held-out MSE 0.42 at 6,000 iterations, 1.17 at 17,000). A step schedule.
-        "gem-bml": {"meta_lr_milestones": [5000, 20000]},
-        "gem-bml+": {"meta_lr_milestones": [5000, 20000]},
+        "gem-bml": {"meta_lr_milestones": GEM_META_LR_MILESTONES},
+        "gem-bml+": {"meta_lr_milestones": GEM_META_LR_MILESTONES},
         "maml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
         "fomaml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
         "reptile": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 5},
@@ -72,7 +73,7 @@ config = {
         # to 3.39 after 10 steps at 40,000 (benchmarks/results/kl_chaser_inner_lr_0.3/).
         # A 3,000-iteration pilot at 0.1 (benchmarks/inner_vi_sweep.py): MSE after 10 steps
         # 0.525 at 1,800 (100 tasks), 6 iterations with a diverged task. At 0.1 and a constant
-        # meta rate of 1e-3 it held 0.13-0.17 from 8,000 to 28,000 iterations, then one
+        # meta rate of 1e-3 it held 0.12-0.22 from 10,000 to 28,000 iterations, then one
         # meta-gradient spike (norm 3e4 against ~25) moved the prior to where the inner step
         # diverges on most tasks: 5.37 at 29,000 (benchmarks/results/kl_chaser_constant_meta_lr/).
         # It shares GEM-BML+'s objective and posterior, so it takes GEM-BML+'s meta schedule too:
@@ -81,7 +82,7 @@ config = {
             "inner_optim": "sgd",
             "inner_lr": 0.1,
             "inner_steps": 10,
-            "meta_lr_milestones": [5000, 20000],
+            "meta_lr_milestones": GEM_META_LR_MILESTONES,
         },
         # SVGD with 5 particles, the step 3 × MAML's. MAML's own step barely moves them (held-out
         # MSE 3.7 at 500 iterations); 10 × and 5 × adapt best over one step but, by 40,000
