@@ -137,3 +137,12 @@ def test_per_task_mse_on_a_short_run(tmp_path):
     assert set(report["steps"]) == {"1", "3"}
     row = report["steps"]["3"]
     assert row["blown_up"] == 0 and row["median"] <= row["max"]
+
+
+def test_prior_drift_quick():
+    report = run("benchmarks/prior_drift.py", "--quick")
+    first, last = report["rows"]
+    assert (first["iteration"], last["iteration"]) == (0, 2)
+    assert first["loc_moved"] == 0 and last["loc_moved"] > 0  # GEM-BML+ trained in between
+    assert set(last["training_loop"]["mse"]) == {"10", "20"}
+    assert set(last["converged"]["mse"]) == {"5"}
