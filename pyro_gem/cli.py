@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model-file", type=Path, help="defaults to the one the run was trained on")
     e.add_argument("--test-tasks", type=int)
     e.add_argument("--steps", type=int, nargs="+", help="inner-step counts to score")
+    e.add_argument(
+        "--inner-optim",
+        choices=[*sorted(INNER_OPTIMS), NEWTON],
+        help="adapt with this inner optimiser instead",
+    )
     e.add_argument("--inner-lr", type=float, help="adapt with this inner step instead")
     e.add_argument("--inner-lr-decay", type=float, help="adapt with this step decay instead")
     e.add_argument("--out", type=Path, help="where the results go (default: run_dir)")
@@ -199,9 +204,12 @@ def _evaluate(args) -> int:
         config["eval_steps"] = args.steps
     # The adaptation may differ from training's: e.g. more, smaller steps, closer to the
     # posterior that the prior was meta-learned for.
-    config = resolve_config(
-        {}, {**config, "inner_lr": args.inner_lr, "inner_lr_decay": args.inner_lr_decay}
-    )
+    adaptation = {
+        "inner_optim": args.inner_optim,
+        "inner_lr": args.inner_lr,
+        "inner_lr_decay": args.inner_lr_decay,
+    }
+    config = resolve_config({}, {**config, **adaptation})
     learner = build_learner(mf, config)
     learner.load_state_dict(state["learner"])
     pyro.set_rng_seed(config["seed"])  # the same draws every time a checkpoint is evaluated

@@ -81,6 +81,11 @@ def test_train_evaluate_and_resume(tiny_model, tmp_path, capsys):
     argv = ["evaluate", str(out), "--test-tasks", "3", "--steps", "2", "--out", str(other)]
     assert main(argv + ["--inner-lr", "0.05", "--inner-lr-decay", "0.9"]) == 0
     assert set(json.loads((other / "metatest.json").read_text())["mse"]) == {"2"}
+    mse = {}
+    for optim in ("adam", "sgd"):
+        assert main(argv + ["--inner-optim", optim, "--inner-lr", "0.05"]) == 0
+        mse[optim] = json.loads((other / "metatest.json").read_text())["mse"]
+    assert mse["adam"] != mse["sgd"]
     assert main(argv + ["--inner-lr-decay", "2"]) == 2
     assert "inner_lr_decay must lie in [0, 1]" in capsys.readouterr().err
 
