@@ -20,6 +20,7 @@ last line printed is a JSON summary.
     python benchmarks/sinusoid.py --methods maml imaml --settings challenging
     python benchmarks/sinusoid.py --quick         # smoke test: a few iterations, a few test tasks
     python benchmarks/sinusoid.py --thin          # thin finished runs' histories before committing
+    python benchmarks/sinusoid.py --model-file my_variant.py --out my_results   # another model file
 """
 
 from __future__ import annotations
@@ -47,10 +48,16 @@ STEPS = (0, 1, 5, 10)
 REFERENCE = "maml-reference"
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (results files stay portable)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
     # The model file initialises the network when it runs: seed first, so that every method
     # starts from the same weights whatever this process ran before.
-    mf = load_model_file(ROOT / "models" / "sinusoid.py", seed=args.seed)
+    mf = load_model_file(args.model_file, seed=args.seed)
     mf.tasks = Sinusoid(setting, shots=args.shots)
     config = resolve_config(
         mf.config,
@@ -88,7 +95,7 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
         "coverage90": scores["coverage90"],
         "seconds_per_iteration": median_seconds(history),
         "final_prior_scale_median": learner.prior.scale.median().item(),
-        "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
+        "run_dir": _shown(run_dir),
     }
     inner = {
         "guide": config["guide"],
@@ -233,6 +240,12 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-tasks", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument(
+        "--model-file",
+        type=Path,
+        default=ROOT / "models" / "sinusoid.py",
+        help="the model, prior and per-method settings (its tasks are replaced by the setting's)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument(
@@ -287,7 +300,8 @@ def main(argv=None) -> dict:
             "test_tasks": args.test_tasks,
             "seed": args.seed,
             "network": "MLP 1-40-40-1 ReLU",
-            "model_file": "models/sinusoid.py (each result's 'config' holds its inner-loop settings)",
+            "model_file": f"{_shown(args.model_file)} (each result's 'config' holds its inner-loop "
+            "settings)",
             "threads": torch.get_num_threads(),
         }
     )

@@ -50,6 +50,23 @@ def test_sinusoid_quick(tmp_path):
     assert "| default | gem-bml+ |" in "\n".join(table)
 
 
+def test_sinusoid_quick_with_another_model_file(tmp_path):
+    variant = tmp_path / "variant.py"
+    source = (ROOT / "models" / "sinusoid.py").read_text()
+    change = 'config["methods"]["gem-bml+"] = {"inner_optim": "sgd", "inner_lr": 0.05}'
+    variant.write_text(f"{source}\n{change}\n")
+    argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--settings", "default"]
+    run("benchmarks/sinusoid.py", *argv, "--methods", "gem-bml+", "--model-file", str(variant))
+    report = json.loads((tmp_path / "sinusoid_quick.json").read_text())
+    config = report["results"]["default"]["gem-bml+"]["config"]
+    assert (config["inner_optim"], config["inner_lr"], config["meta_lr_milestones"]) == (
+        "sgd",
+        0.05,
+        [],
+    )
+    assert report["settings"]["model_file"].startswith(str(variant.resolve()))
+
+
 def test_inner_loop_small():
     result = run("benchmarks/inner_loop.py", "--tasks", "3", "--steps", "2", "--repeats", "1")
     assert result["vectorized_speedup"] > 0 and result["overhead_vs_floor"] > 0
