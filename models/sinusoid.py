@@ -49,7 +49,15 @@ config = {
         # its learning rate: at a constant 1e-3 the prior random-walks away once the signal is
         # learned (held-out MSE 0.42 at 6,000 iterations, 1.17 at 17,000). A step schedule.
         "gem-bml": {"meta_lr_milestones": GEM_META_LR_MILESTONES},
-        "gem-bml+": {"meta_lr_milestones": GEM_META_LR_MILESTONES},
+        # GEM-BML+ adapts by whitened SGD: Gradient-EM does not care which optimiser fits the
+        # posteriors, and 20 SGD steps of 0.05 learn a better prior than Adam 0.2 (held-out MSE
+        # after 20 steps 0.15-0.20 from 19,000 iterations against Adam's 0.44) at under half
+        # the time per iteration; plain SGD does not turn gradient noise into steps of lr.
+        "gem-bml+": {
+            "meta_lr_milestones": GEM_META_LR_MILESTONES,
+            "inner_optim": "sgd",
+            "inner_lr": 0.05,
+        },
         "maml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
         "fomaml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
         "reptile": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 5},
