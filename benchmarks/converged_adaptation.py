@@ -78,6 +78,8 @@ def main(argv=None) -> dict:
                 mf.config,
                 {
                     "method": "gem-bml+",
+                    # Adam whatever the model file's GEM-BML+ uses: the report says so.
+                    "inner_optim": "adam",
                     "inner_lr": args.inner_lr,
                     "inner_lr_decay": args.inner_lr_decay,
                 },

@@ -35,13 +35,20 @@ from pyro_gem.modelfile import load_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = {"inner_optim": "adam", "inner_lr": 0.02, "inner_steps": 1000, "num_particles": 16}
+# Whitened Adam throughout, the model file's GEM-BML+ inner loop when these were measured.
 VARIANTS = [
-    {},  # the model file's own GEM-BML+ inner loop
-    {"inner_lr": 0.2, "inner_lr_decay": 0.9, "inner_steps": 20},
-    {"inner_lr": 0.2, "inner_lr_decay": 0.9, "inner_steps": 20, "num_particles": 4},
-    {"inner_lr": 0.1, "inner_lr_decay": 0.95, "inner_steps": 40},
-    {"inner_lr": 0.1, "inner_steps": 40},
-    {"inner_lr": 0.05, "inner_steps": 100},
+    {"inner_optim": "adam", "inner_lr": 0.2},
+    {"inner_optim": "adam", "inner_lr": 0.2, "inner_lr_decay": 0.9, "inner_steps": 20},
+    {
+        "inner_optim": "adam",
+        "inner_lr": 0.2,
+        "inner_lr_decay": 0.9,
+        "inner_steps": 20,
+        "num_particles": 4,
+    },
+    {"inner_optim": "adam", "inner_lr": 0.1, "inner_lr_decay": 0.95, "inner_steps": 40},
+    {"inner_optim": "adam", "inner_lr": 0.1, "inner_steps": 40},
+    {"inner_optim": "adam", "inner_lr": 0.05, "inner_steps": 100},
 ]
 
 

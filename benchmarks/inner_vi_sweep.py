@@ -5,7 +5,7 @@ fifth of the run meta-tests on 100 held-out tasks. Prints one JSON line per eval
 0/1/5/10 inner steps, 90% coverage, median prior scale σ, diverged tasks); the last line is the
 final one. The README's inner-VI table comes from runs of this script.
 
-    python benchmarks/inner_vi_sweep.py inner_lr=0.2 inner_steps=20 meta_iterations=3000
+    python benchmarks/inner_vi_sweep.py inner_optim=adam inner_lr=0.2 inner_steps=20 meta_iterations=3000
     python benchmarks/inner_vi_sweep.py inner_optim=sgd inner_lr=0.3 learn_scale=0
 
 Keys: any option of ``pyro_gem.cli.DEFAULTS`` plus ``noise`` (likelihood sd), ``init_scale``,

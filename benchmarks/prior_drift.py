@@ -33,6 +33,7 @@ from pyro_gem.cli import build_learner, load_seeded, resolve_config
 from pyro_gem.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
+SLOW_INNER = {"inner_optim": "adam", "inner_lr": 0.1, "inner_lr_decay": 0.99}
 
 
 def _scores(learner, tasks, steps: list[int], seed: int) -> dict:
@@ -70,8 +71,9 @@ def main(argv=None) -> dict:
     )
     config["meta_lr_milestones"] = []
     learner = build_learner(mf, config)
-    # The near-convergence evaluation: the same inner VI, slow and decaying, over the same prior.
-    converged = build_learner(mf, {**config, "inner_lr": 0.1, "inner_lr_decay": 0.99})
+    # The near-convergence evaluation: whitened Adam, slow and decaying, over the same prior
+    # (converged_adaptation.py's inner loop, whatever the model file's GEM-BML+ adapts by).
+    converged = build_learner(mf, {**config, **SLOW_INNER})
     tasks = mf.tasks.test_tasks(args.test_tasks)
     start_loc = mf.prior.loc.detach().clone()
     train_steps = [10, config["inner_steps"]]
@@ -112,7 +114,7 @@ def main(argv=None) -> dict:
         "start": None if args.start is None else str(args.start),
         "method": "gem-bml+",
         "meta_lr": args.meta_lr,
-        "converged_inner": {"optim": "adam (whitened)", "lr": 0.1, "lr_decay": 0.99},
+        "converged_inner": {**SLOW_INNER, "whitened": True},
         "test_tasks": args.test_tasks,
         "rows": rows,
     }
