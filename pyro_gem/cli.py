@@ -197,6 +197,11 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     state, config, history = load_checkpoint(args.run_dir)
+    if args.model_file is None and "model_file" not in config:
+        raise ValueError(
+            f"{args.run_dir / 'config.json'} names no model file (benchmark runs set the tasks "
+            "themselves): pass --model-file"
+        )
     mf = load_model_file(args.model_file or config["model_file"])
     if args.test_tasks is not None:
         config["test_tasks"] = args.test_tasks
@@ -204,10 +209,11 @@ def _evaluate(args) -> int:
         config["eval_steps"] = args.steps
     # The adaptation may differ from training's: e.g. more, smaller steps, closer to the
     # posterior that the prior was meta-learned for.
+    # A flag left out keeps the run's own setting, not the default's.
     adaptation = {
-        "inner_optim": args.inner_optim,
-        "inner_lr": args.inner_lr,
-        "inner_lr_decay": args.inner_lr_decay,
+        key: value
+        for key in ("inner_optim", "inner_lr", "inner_lr_decay")
+        if (value := getattr(args, key)) is not None
     }
     config = resolve_config({}, {**config, **adaptation})
     learner = build_learner(mf, config)

@@ -90,6 +90,35 @@ def test_train_evaluate_and_resume(tiny_model, tmp_path, capsys):
     assert "inner_lr_decay must lie in [0, 1]" in capsys.readouterr().err
 
 
+def test_evaluate_keeps_the_runs_inner_loop_where_no_flag_says_otherwise(tiny_model, tmp_path):
+    """A flag left out means the run's own setting (before, it meant the default's: a run that
+    adapts by SGD was evaluated with Adam, and ``--inner-lr`` alone switched it to Adam)."""
+    out, other = tmp_path / "run", tmp_path / "eval"
+    train = ["train", str(tiny_model), "--meta-iterations", "2", "--out", str(out)]
+    assert main(train + ["--no-progress", "--inner-optim", "sgd", "--inner-lr", "0.01"]) == 0
+
+    def evaluate(*flags):
+        argv = ["evaluate", str(out), "--test-tasks", "3", "--steps", "3", "--out", str(other)]
+        assert main(argv + list(flags)) == 0
+        return json.loads((other / "metatest.json").read_text())["mse"]
+
+    assert evaluate() == evaluate("--inner-optim", "sgd", "--inner-lr", "0.01")
+    assert evaluate() != evaluate("--inner-optim", "adam", "--inner-lr", "0.01")
+    assert evaluate("--inner-lr", "0.02") == evaluate("--inner-optim", "sgd", "--inner-lr", "0.02")
+
+
+def test_evaluate_asks_for_the_model_file_a_run_does_not_name(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    train = ["train", str(tiny_model), "--meta-iterations", "1", "--out", str(out)]
+    assert main(train + ["--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["model_file"]  # as benchmarks/sinusoid.py writes it
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(out), "--test-tasks", "2"]) == 2
+    assert "names no model file" in capsys.readouterr().err
+    assert main(["evaluate", str(out), "--test-tasks", "2", "--model-file", str(tiny_model)]) == 0
+
+
 def test_runs_from_one_seed_start_from_the_same_network_and_end_the_same(tiny_model, tmp_path):
     """The model file builds its network when it is loaded: the CLI seeds before that, so two
     runs of one command are the same run (before, each process drew its own initial weights)."""
