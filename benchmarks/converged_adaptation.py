@@ -12,7 +12,7 @@ If a point-estimate method's initialisation, used as a Gaussian prior mean and a
 convergence, cannot reach that method's own few-step MSE, the gap lies in the posterior family
 and likelihood (mean-field Gaussian, fixed noise), not in how GEM-BML+ learns the prior.
 
-    python benchmarks/converged_adaptation.py --run benchmarks/results/sinusoid_runs/default/gem-bml+
+    python benchmarks/converged_adaptation.py --run benchmarks/results/gem_plus_inner_adam_0.2/sinusoid_runs/default/gem-bml+
     python benchmarks/converged_adaptation.py --run benchmarks/results/sinusoid_runs/default/maml \\
         --scales 0.01 0.03 0.1 --noises 0.3 0.1
     python benchmarks/converged_adaptation.py --quick

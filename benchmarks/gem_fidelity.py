@@ -16,7 +16,7 @@ configuration it reports:
 
 The last line printed is JSON: those numbers per configuration, keyed by a short label.
 
-    python benchmarks/gem_fidelity.py --checkpoint benchmarks/results/sinusoid_runs/default/gem-bml+/checkpoint.pt
+    python benchmarks/gem_fidelity.py --checkpoint benchmarks/results/gem_plus_inner_adam_0.2/sinusoid_runs/default/gem-bml+/checkpoint.pt
     python benchmarks/gem_fidelity.py --quick      # the initial prior, a small reference
 """
 

@@ -114,6 +114,10 @@ def main(argv=None) -> dict:
         "start": None if args.start is None else str(args.start),
         "method": "gem-bml+",
         "meta_lr": args.meta_lr,
+        # The model file's GEM-BML+ inner loop, which trains the prior and scores "training_loop".
+        "training_inner": {
+            k: config[k] for k in ("inner_optim", "inner_lr", "inner_lr_decay", "inner_steps")
+        },
         "converged_inner": {**SLOW_INNER, "whitened": True},
         "test_tasks": args.test_tasks,
         "rows": rows,
