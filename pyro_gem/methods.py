@@ -40,13 +40,15 @@ from pyro_gem.bmaml import BMAML
 from pyro_gem.elbo_gradient import AmortizedBML, KLChaser
 from pyro_gem.inner import InnerVI
 from pyro_gem.learners import GEMBML
+from pyro_gem.optim import TaskClippedSGD
 from pyro_gem.point_estimate import IMAML, MAML, NEWTON, PreTraining, Reptile
 from pyro_gem.priors import GaussianPrior
 
 __all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "Method", "build"]
 
 #: Inner optimisers by name: torch optimisers, wrapped for Pyro with ``{"lr": inner_lr}``.
-INNER_OPTIMS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+#: ``clipped-sgd`` bounds each task's step to norm 1 (one prior σ where the guide is whitened).
+INNER_OPTIMS = {"sgd": torch.optim.SGD, "clipped-sgd": TaskClippedSGD, "adam": torch.optim.Adam}
 
 
 @dataclass(frozen=True)

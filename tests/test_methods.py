@@ -10,7 +10,7 @@ from sinusoid_fixtures import small_sinusoid
 
 from pyro_gem import METHOD_TABLE, METHODS, Sinusoid
 from pyro_gem.cli import DEFAULTS
-from pyro_gem.methods import build
+from pyro_gem.methods import INNER_OPTIMS, build
 
 
 def config(**over):
@@ -33,21 +33,23 @@ def test_every_method_steps_adapts_and_predicts(method):
     assert draws["y"].shape == (5, 3, test.query[0].shape[1])
 
 
+@pytest.mark.parametrize("optim", ["adam", "clipped-sgd"])
 @pytest.mark.parametrize("method", [m for m, row in METHOD_TABLE.items() if row.needs_sgd])
-def test_methods_that_need_sgd_say_so(method):
+def test_methods_that_need_sgd_say_so(method, optim):
     model, prior = small_sinusoid()
     with pytest.raises(
         ValueError, match=f"{re.escape(method)} needs plain SGD.*set inner_optim to 'sgd'"
     ):
-        build(method, model, prior, config(inner_optim="adam"))
+        build(method, model, prior, config(inner_optim=optim))
 
 
+@pytest.mark.parametrize("optim", ["adam", "clipped-sgd"])
 @pytest.mark.parametrize("method", [m for m, row in METHOD_TABLE.items() if not row.needs_sgd])
-def test_methods_that_decouple_take_any_inner_optimiser(method):
+def test_methods_that_decouple_take_any_inner_optimiser(method, optim):
     model, prior = small_sinusoid()
-    learner = build(method, model, prior, config(inner_optim="adam", reg=100.0))
+    learner = build(method, model, prior, config(inner_optim=optim, reg=100.0))
     assert type(learner.inner.optim).__name__ == "PyroOptim"
-    assert learner.inner.optim.pt_optim_constructor is torch.optim.Adam
+    assert learner.inner.optim.pt_optim_constructor is INNER_OPTIMS[optim]
 
 
 def test_imaml_newton_solver_steps_adapts_and_predicts():
