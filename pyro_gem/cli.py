@@ -209,13 +209,9 @@ def _evaluate(args) -> int:
         config["eval_steps"] = args.steps
     # The adaptation may differ from training's: e.g. more, smaller steps, closer to the
     # posterior that the prior was meta-learned for.
-    # A flag left out keeps the run's own setting, not the default's.
-    adaptation = {
-        key: value
-        for key in ("inner_optim", "inner_lr", "inner_lr_decay")
-        if (value := getattr(args, key)) is not None
-    }
-    config = resolve_config({}, {**config, **adaptation})
+    # A flag left out (None) keeps the run's own setting, not the default's.
+    adaptation = {key: getattr(args, key) for key in ("inner_optim", "inner_lr", "inner_lr_decay")}
+    config = resolve_config(config, adaptation)
     learner = build_learner(mf, config)
     learner.load_state_dict(state["learner"])
     pyro.set_rng_seed(config["seed"])  # the same draws every time a checkpoint is evaluated
