@@ -36,7 +36,7 @@ def test_sinusoid_quick(tmp_path):
             assert set(res["mse"]) == {"0", "1", "5", "10"} and 0 <= res["coverage90"] <= 1
             assert f"{setting}/{method}/mse10" in summary
         assert set(report["results"][setting][reference]["mse"]) == {"0", "1", "5", "10"}
-    assert report["results"]["default"]["gem-bml+"]["config"]["inner_optim"] == "sgd"
+    assert report["results"]["default"]["gem-bml+"]["config"]["inner_optim"] == "clipped-sgd"
     assert (tmp_path / "sinusoid_mse.png").is_file()
     assert (tmp_path / "sinusoid_training.png").is_file()
     table = subprocess.run(
