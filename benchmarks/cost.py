@@ -90,7 +90,7 @@ def worker(
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import torch
 
-    from pyro_gem.cli import build_learner, resolve_config
+    from pyro_gem.config import build_learner, resolve_config
     from pyro_gem.modelfile import load_model_file
 
     torch.set_num_threads(1)

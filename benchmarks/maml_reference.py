@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from pyro_gem import Sinusoid, meta_test
-from pyro_gem.cli import build_learner, resolve_config
+from pyro_gem.config import build_learner, resolve_config
 from pyro_gem.evaluation import mean_ci95
 from pyro_gem.modelfile import load_model_file
 
@@ -101,7 +101,7 @@ def main(argv=None):
     for _ in range(args.meta_iterations):
         learner.step(tasks.sample(25, gen))
     ours_time = (time.perf_counter() - start) / max(args.meta_iterations, 1)
-    ours = meta_test(learner, test, steps=(1, 5, 10), num_samples=20)
+    ours = meta_test(learner, test, (1, 5, 10), metrics=tasks.metrics, num_samples=20)
     result = {
         "setting": args.setting,
         "meta_iterations": args.meta_iterations,

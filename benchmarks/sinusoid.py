@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_gem import METHODS, Sinusoid, meta_test  # noqa: E402
-from pyro_gem.cli import build_learner, resolve_config  # noqa: E402
+from pyro_gem.config import build_learner, resolve_config  # noqa: E402
 from pyro_gem.modelfile import load_model_file  # noqa: E402
 from pyro_gem.training import train  # noqa: E402
 
@@ -88,11 +88,14 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
         eval_tasks=args.eval_tasks,
         progress=not args.no_progress,
     )
-    scores = meta_test(learner, mf.tasks.test_tasks(args.test_tasks), steps=STEPS)
+    scores = meta_test(
+        learner, mf.tasks.test_tasks(args.test_tasks), STEPS, metrics=mf.tasks.metrics
+    )
     result = {
         "mse": scores["mse"],
         "diverged": scores["diverged"],
-        "coverage90": scores["coverage90"],
+        "coverage90": scores["coverage90"][str(max(STEPS))][0],
+        "lpd": scores["lpd"],
         "seconds_per_iteration": median_seconds(history),
         "final_prior_scale_median": learner.prior.scale.median().item(),
         "run_dir": _shown(run_dir),

@@ -7,17 +7,26 @@ Example::
     for it in range(1000):
         learner.step(tasks.sample(25, generator))
     posterior = learner.adapt(x_support, y_support)
+
+    run = pyro_gem.load_run("runs/latest")        # a run trained by ``pyro-gem train``
+    run.adapt(x_support, y_support).predict(x_query)
+
+The package is layered: :mod:`pyro_gem.core` (priors, networks, inner VI, posteriors,
+estimators) under :mod:`pyro_gem.methods` (the paper's matrix) and :mod:`pyro_gem.evaluation`
+(meta-test metrics), :mod:`pyro_gem.tasks` (task families) over the metrics, and the runners
+on top (``training``, ``run``, ``config``, ``modelfile``, ``diagnostics``, ``cli``).
 """
 
-from pyro_gem.estimators import GradientEM, gem_gradient, gem_plus_gradient
-from pyro_gem.evaluation import meta_test, task_scores
-from pyro_gem.inner import InnerVI
-from pyro_gem.learners import GEMBML
-from pyro_gem.methods import METHOD_TABLE, METHODS
-from pyro_gem.nn import FunctionalNet
-from pyro_gem.posterior import Posterior
-from pyro_gem.priors import GaussianPrior
-from pyro_gem.tasks import Sinusoid, TaskBatch
+from pyro_gem.core.batch import TaskBatch
+from pyro_gem.core.estimators import GradientEM, gem_gradient, gem_plus_gradient
+from pyro_gem.core.inner import InnerVI
+from pyro_gem.core.nn import FunctionalNet
+from pyro_gem.core.posterior import ParticlePosterior, Posterior
+from pyro_gem.core.priors import GaussianPrior
+from pyro_gem.evaluation import Metric, Query, meta_test, task_scores
+from pyro_gem.methods import GEMBML, METHOD_TABLE, METHODS, build
+from pyro_gem.run import Run, load_run
+from pyro_gem.tasks import Sinusoid, TaskFamily
 
 __all__ = [
     "GEMBML",
@@ -27,11 +36,18 @@ __all__ = [
     "GaussianPrior",
     "GradientEM",
     "InnerVI",
+    "Metric",
+    "ParticlePosterior",
     "Posterior",
+    "Query",
+    "Run",
     "Sinusoid",
     "TaskBatch",
+    "TaskFamily",
+    "build",
     "gem_gradient",
     "gem_plus_gradient",
+    "load_run",
     "meta_test",
     "task_scores",
 ]

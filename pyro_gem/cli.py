@@ -15,59 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-import pyro
+from pyro_gem.config import DEFAULTS, build_learner, load_seeded, resolve_config
+from pyro_gem.methods.registry import INNER_OPTIMS, METHODS, NEWTON
+from pyro_gem.run import load_run, run_meta_test
+from pyro_gem.training import train
 
-from pyro_gem.evaluation import meta_test
-from pyro_gem.learners import MetaLearner
-from pyro_gem.methods import INNER_OPTIMS, METHODS, NEWTON, build
-from pyro_gem.modelfile import ModelFile, load_model_file
-from pyro_gem.training import load_checkpoint, train
-
-__all__ = ["main", "build_learner", "resolve_config"]
-
-#: Options a model file's ``config`` may set and the CLI may override.
-DEFAULTS = {
-    "method": "gem-bml+",
-    "meta_iterations": 1500,
-    "meta_batch": 25,
-    "meta_lr": 1e-3,
-    "meta_lr_milestones": [],
-    "meta_lr_gamma": 0.1,
-    "inner_optim": "adam",
-    "inner_lr": 0.2,
-    "inner_lr_decay": 1.0,
-    "inner_steps": 20,
-    "query_steps": None,
-    "guide": "normal",
-    "update": "sequential",
-    "num_particles": 1,
-    "reg": 1.0,
-    "cg_steps": 5,
-    "seed": 0,
-    "test_tasks": 600,
-    "eval_steps": [0, 1, 5, 10],
-}
-
-
-def resolve_config(file_config: dict, overrides: dict | None = None) -> dict:
-    """A run's options: DEFAULTS < the model file's ``config`` < its ``config["methods"][method]``
-    (per-method settings, e.g. MAML's step size) < ``overrides`` (the CLI's flags; ``None``
-    values are ignored)."""
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    config = {**DEFAULTS, **{k: v for k, v in file_config.items() if k != "methods"}}
-    method = overrides.get("method", config["method"])
-    config.update(file_config.get("methods", {}).get(method, {}))
-    config.update(overrides)
-    return config
-
-
-def build_learner(model_file: ModelFile, config: dict) -> MetaLearner:
-    """The learner a run's options describe, over the model file's model and prior.
-
-    :param model_file: the loaded model file (its ``model`` and ``prior``).
-    :param config: the run's resolved options (``method`` and the method's settings).
-    """
-    return build(config["method"], model_file.model, model_file.prior, config)
+__all__ = ["format_scores", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,42 +74,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _report(scores: dict, out_dir: Path) -> None:
-    print(f"meta-test on {scores['num_tasks']} held-out tasks (MSE, mean ± 95% CI):")
-    for step, (mean, ci) in scores["mse"].items():
-        print(f"  after {step:>3} inner steps: {mean:.4f} ± {ci:.4f}")
-    print(f"  90% predictive interval coverage: {scores['coverage90']:.3f}")
+def _format_summary(summary) -> str:
+    if isinstance(summary, (list, tuple)) and len(summary) == 2:
+        return f"{summary[0]:.4f} ± {summary[1]:.4f}"
+    return f"{summary:.4f}" if isinstance(summary, float) else str(summary)
+
+
+def format_scores(scores: dict) -> str:
+    """A meta-test's results as a table: one row per inner-step count, one column per metric."""
+    names = [k for k in scores if isinstance(scores[k], dict)]
+    rows = [["inner steps", *names]]
+    for step in map(str, scores["steps"]):
+        rows.append([step, *(_format_summary(scores[n][step]) for n in names)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        f"meta-test on {scores['num_tasks']} held-out tasks (mean ± 95% CI over tasks; lpd: log "
+        "predictive density of the query set)"
+    ]
+    lines += ["  " + "   ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     if scores["diverged"]:
-        print(f"  {scores['diverged']} tasks diverged in the inner VI and are left out")
-    (out_dir / "metatest.json").write_text(json.dumps(scores, indent=2))
+        lines.append(f"  {scores['diverged']} tasks diverged in the inner loop and are left out")
+    return "\n".join(lines)
 
 
-def _meta_test_and_plot(learner, mf, config: dict, out_dir: Path, history: list[dict]) -> dict:
+def _meta_test_and_plot(learner, tasks, config: dict, out_dir: Path, history: list[dict]) -> dict:
     from pyro_gem.diagnostics import plot_tasks, plot_training
 
     if history:
         print(f"wrote {plot_training(history, out_dir / 'training.png')}")
-    heldout = mf.tasks.test_tasks(config["test_tasks"])
-    scores = meta_test(learner, heldout, steps=config["eval_steps"])
-    _report(scores, out_dir)
-    png = plot_tasks(learner, mf.tasks, heldout.select(slice(0, 4)), out_dir / "tasks.png")
+    scores = run_meta_test(learner, tasks, config)
+    print(format_scores(scores))
+    (out_dir / "metatest.json").write_text(json.dumps(scores, indent=2))
+    heldout = tasks.test_tasks(4)
+    png = plot_tasks(learner, tasks, heldout, out_dir / "tasks.png")
     if png is not None:
         print(f"wrote {png}")
     return scores
-
-
-def load_seeded(path: Path, seed: int | None = None):
-    """Load a model file with the random state seeded first.
-
-    A model file builds its network when it runs, and the prior starts from the network's own
-    initialisation: without a seed, every process would start a run from different weights. The
-    seed is ``seed`` (the CLI's), else the file's ``config["seed"]``, else the default; a file
-    that sets its own seed is run twice, the second time under that seed.
-    """
-    first = DEFAULTS["seed"] if seed is None else seed
-    mf = load_model_file(path, seed=first)
-    wanted = resolve_config(mf.config, {"seed": seed})["seed"]
-    return mf if wanted == first else load_model_file(path, seed=wanted)
 
 
 def _train(args) -> int:
@@ -191,34 +144,20 @@ def _train(args) -> int:
         progress=not args.no_progress,
     )
     print(f"checkpoint: {out / 'checkpoint.pt'}")
-    _meta_test_and_plot(learner, mf, config, out, history)
+    _meta_test_and_plot(learner, mf.tasks, config, out, history)
     return 0
 
 
 def _evaluate(args) -> int:
-    state, config, history = load_checkpoint(args.run_dir)
-    if args.model_file is None and "model_file" not in config:
-        raise ValueError(
-            f"{args.run_dir / 'config.json'} names no model file (benchmark runs set the tasks "
-            "themselves): pass --model-file"
-        )
-    mf = load_model_file(args.model_file or config["model_file"])
-    if args.test_tasks is not None:
-        config["test_tasks"] = args.test_tasks
-    if args.steps is not None:
-        config["eval_steps"] = args.steps
     # The adaptation may differ from training's: e.g. more, smaller steps, closer to the
-    # posterior that the prior was meta-learned for.
-    # A flag left out (None) keeps the run's own setting, not the default's.
-    adaptation = {key: getattr(args, key) for key in ("inner_optim", "inner_lr", "inner_lr_decay")}
-    config = resolve_config(config, adaptation)
-    learner = build_learner(mf, config)
-    learner.load_state_dict(state["learner"])
-    pyro.set_rng_seed(config["seed"])  # the same draws every time a checkpoint is evaluated
-    print(f"{config['method']} after {state['iteration']} meta-iterations")
+    # posterior that the prior was meta-learned for. A flag left out keeps the run's setting.
+    overrides = {key: getattr(args, key) for key in ("inner_optim", "inner_lr", "inner_lr_decay")}
+    overrides.update(test_tasks=args.test_tasks, eval_steps=args.steps)
+    run = load_run(args.run_dir, model_file=args.model_file, overrides=overrides)
+    print(f"{run.config['method']} after {run.iteration} meta-iterations")
     out = args.run_dir if args.out is None else args.out
     out.mkdir(parents=True, exist_ok=True)
-    _meta_test_and_plot(learner, mf, config, out, history)
+    _meta_test_and_plot(run.learner, run.tasks, run.config, out, run.history)
     return 0
 
 

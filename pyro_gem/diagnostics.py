@@ -22,11 +22,11 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import Predictive
 
-from pyro_gem.posterior import Posterior
+from pyro_gem.core.posterior import Posterior
 
 if TYPE_CHECKING:
-    from pyro_gem.learners import MetaLearner
-    from pyro_gem.tasks.base import TaskBatch
+    from pyro_gem.core.batch import TaskBatch
+    from pyro_gem.methods.base import MetaLearner
 
 __all__ = ["to_inference_data", "plot_tasks", "plot_training"]
 
@@ -124,6 +124,7 @@ def plot_tasks(
     num_samples: int = 200,
     grid_points: int = 200,
     mean_site: str = "mean",
+    obs_site: str = "y",
 ):
     """Plot adapted predictions for a few 1-D regression tasks.
 
@@ -139,8 +140,9 @@ def plot_tasks(
     :param num_samples: posterior draws for the band.
     :param grid_points: prediction points per panel.
     :param mean_site: a deterministic site holding the noise-free prediction, if the model has one.
+    :param obs_site: the observation site, plotted where the model records no ``mean_site``.
     :returns: the path written, or the figure when ``path`` is ``None``; ``None`` when the
-        tasks do not have scalar inputs.
+        tasks do not have scalar inputs or the model cannot predict from inputs alone.
     """
     import matplotlib.pyplot as plt
 
@@ -150,8 +152,13 @@ def plot_tasks(
     post = learner.adapt(*batch.support, steps=steps)
     lo, hi = getattr(tasks, "x_range", (x_s.min().item(), x_s.max().item()))
     grid = torch.linspace(lo, hi, grid_points).expand(len(batch), grid_points)[..., None]
-    draws = post.predict(grid, num_samples=num_samples)
-    f = draws[mean_site] if mean_site in draws else draws["y"]
+    try:
+        draws = post.predict(grid, num_samples=num_samples)
+    except TypeError:  # the model needs its observations (e.g. a pyro.factor likelihood)
+        return None
+    f = draws.get(mean_site, draws.get(obs_site))
+    if f is None:
+        return None
     band = torch.quantile(f, torch.tensor([0.05, 0.95]), dim=0)
     n = len(batch)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
@@ -183,7 +190,8 @@ def _finish(fig, path: str | Path | None):
 
 
 def plot_training(history: list[dict], path: str | Path | None = None):
-    """Plot the meta-objective, the held-out MSE and the median prior scale over training.
+    """Plot the meta-objective, the held-out score (``heldout_<metric>``, e.g. the MSE) and the
+    median prior scale over training.
 
     The prior scale is worth watching: an unconverged inner VI can bias ĝ_s upwards, and the
     scale then runs away while the held-out error climbs back.
@@ -194,11 +202,13 @@ def plot_training(history: list[dict], path: str | Path | None = None):
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].plot(it, [h["meta_objective"] for h in history], lw=0.6)
     axes[0].set_title("meta-objective estimate")
-    evals = [(h["iteration"], h["heldout_mse"]) for h in history if "heldout_mse" in h]
+    key = next((k for h in history for k in h if k.startswith("heldout_")), "heldout_mse")
+    evals = [(h["iteration"], h[key]) for h in history if key in h]
     if evals:
         axes[1].plot(*zip(*evals, strict=True), marker="o")
-    axes[1].set_title("held-out MSE")
-    axes[1].set_yscale("log")
+        if all(v > 0 for _, v in evals):
+            axes[1].set_yscale("log")
+    axes[1].set_title(f"held-out {key.removeprefix('heldout_')}")
     axes[2].plot(it, [h["prior_scale_median"] for h in history])
     axes[2].set_title("median prior scale σ")
     for ax in axes:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyro
 
-from pyro_gem.priors import GaussianPrior
+from pyro_gem.core.priors import GaussianPrior
 
 __all__ = ["ModelFile", "load_model_file"]
 

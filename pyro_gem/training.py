@@ -28,11 +28,13 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_gem.evaluation import meta_test
+from pyro_gem.evaluation.meta_test import meta_test, score_metrics
 
 __all__ = ["train", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT = "checkpoint.pt"
+#: The run directory's layout, written into every checkpoint (``pyro_gem.load_run`` checks it).
+LAYOUT = 1
 
 
 def save_checkpoint(
@@ -57,6 +59,7 @@ def save_checkpoint(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {
+        "layout": LAYOUT,
         "iteration": iteration,
         "learner": learner.state_dict(),
         "task_rng": generator.get_state(),
@@ -118,6 +121,9 @@ def train(
     :param checkpoint_every: iterations between checkpoints (one is always written at the end).
     :param eval_every: iterations between held-out evaluations shown in the progress bar; the
         evaluation runs on a forked random state, so it never changes the training trajectory.
+        It scores the task family's first metric (``tasks.metrics``), or the log predictive
+        density if the family lists none. Before the first iteration the family's metrics are
+        tried on two held-out tasks, so that a metric the model cannot give fails at once.
     :param eval_tasks: held-out tasks in those evaluations.
     :param eval_steps: inner steps of the evaluation (defaults to the learner's).
     :param meta_lr_milestones: iterations at which the meta-optimiser's learning rate is
@@ -128,7 +134,8 @@ def train(
     :param meta_lr_gamma: the factor applied at each milestone.
     :param config: the run's options, stored beside the checkpoint.
     :returns: per-iteration statistics (one dict per iteration: the learner's statistics, the
-        step's wall time ``seconds``, and ``heldout_mse`` where evaluated).
+        step's wall time ``seconds``, and ``heldout_<metric>`` where evaluated, e.g.
+        ``heldout_mse``).
     """
     if meta_iterations < 0 or meta_batch < 1:
         raise ValueError(
@@ -148,8 +155,13 @@ def train(
         history = history[:start]
     for group in learner.meta_optim.param_groups:
         group.setdefault("initial_lr", group["lr"])
+    metrics = score_metrics(getattr(tasks, "metrics", ()))
+    watched = metrics[1] if len(metrics) > 1 else metrics[0]
+    with torch.random.fork_rng():
+        # A metric that cannot score this model (MetricError) fails here, not after hours.
+        meta_test(learner, tasks.test_tasks(2), steps=(0,), metrics=metrics, num_samples=2)
     heldout = tasks.test_tasks(eval_tasks) if eval_every else None
-    last_mse = math.nan
+    last_score = math.nan
     bar = tqdm(
         range(start, meta_iterations),
         initial=start,
@@ -174,13 +186,15 @@ def train(
         if eval_every and (it + 1) % eval_every == 0:
             with torch.random.fork_rng():
                 steps = eval_steps if eval_steps is not None else learner.adapt_steps
-                score = meta_test(learner, heldout, steps=(steps,), num_samples=50)
-            last_mse = score["mse"][str(steps)][0]
-            stats["heldout_mse"] = last_mse
+                score = meta_test(
+                    learner, heldout, steps=(steps,), metrics=(watched,), num_samples=50
+                )
+            last_score = score[watched.name][str(steps)][0]
+            stats[f"heldout_{watched.name}"] = last_score
         history.append(stats)
         bar.set_postfix(
             objective=f"{stats['meta_objective']:.3g}",
-            heldout_mse=f"{last_mse:.3g}",
+            **{f"heldout_{watched.name}": f"{last_score:.3g}"},
             sigma=f"{stats['prior_scale_median']:.3g}",
             diverged=diverged,
             refresh=False,

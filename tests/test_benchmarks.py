@@ -91,7 +91,7 @@ def test_cost_quick(tmp_path):
 
 
 def test_gem_fidelity_quick():
-    report = run("benchmarks/gem_fidelity.py", "--quick")
+    report = run("benchmarks/analysis/gem_fidelity.py", "--quick")
     assert len(report["variants"]) == 2
     for row in report["variants"].values():
         assert -1 <= row["cos_loc"] <= 1 and -1 <= row["cos_log_scale"] <= 1
@@ -138,7 +138,7 @@ def test_sinusoid_thin_keeps_every_50th_iteration_of_finished_runs_only(tmp_path
 
 
 def test_converged_adaptation_quick():
-    report = run("benchmarks/converged_adaptation.py", "--quick")
+    report = run("benchmarks/analysis/converged_adaptation.py", "--quick")
     (row,) = report["rows"]
     assert set(row["mse"]) == {"2", "5"} and 0 <= row["coverage90"] <= 1
 
@@ -150,14 +150,16 @@ def test_per_task_mse_on_a_short_run(tmp_path):
     argv = ["train", str(ROOT / "models" / "sinusoid.py"), "--method", "maml"]
     argv += ["--meta-iterations", "3"]
     assert main(argv + ["--test-tasks", "4", "--out", str(out), "--no-progress"]) == 0
-    report = run("benchmarks/per_task_mse.py", str(out), "--test-tasks", "5", "--steps", "1", "3")
+    report = run(
+        "benchmarks/analysis/per_task_mse.py", str(out), "--test-tasks", "5", "--steps", "1", "3"
+    )
     assert set(report["steps"]) == {"1", "3"}
     row = report["steps"]["3"]
     assert row["blown_up"] == 0 and row["median"] <= row["max"]
 
 
 def test_prior_drift_quick():
-    report = run("benchmarks/prior_drift.py", "--quick")
+    report = run("benchmarks/analysis/prior_drift.py", "--quick")
     first, last = report["rows"]
     assert (first["iteration"], last["iteration"]) == (0, 2)
     assert first["loc_moved"] == 0 and last["loc_moved"] > 0  # GEM-BML+ trained in between

@@ -1,4 +1,6 @@
 import json
+import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -56,8 +58,9 @@ def test_train_evaluate_and_resume(tiny_model, tmp_path, capsys):
     args = ["train", str(tiny_model), "--meta-iterations", "3", "--out", str(out), "--no-progress"]
     assert main(args + ["--method", "gem-bml", "--seed", "4"]) == 0
     printed = capsys.readouterr().out
-    for steps in (0, 1, 5, 10):
-        assert f"after {steps:>3} inner steps" in printed
+    assert re.search(r"inner steps +lpd +mse +coverage90", printed)
+    for steps in (0, 1, 5, 10):  # a row per step count: a number ± its CI for each metric
+        assert re.search(rf"^ +{steps} +(-?[\d.]+ ± [\d.]+ +){{2}}[\d.]+ ± [\d.]+$", printed, re.M)
     assert (out / "tasks.png").stat().st_size > 1000
     assert (out / "training.png").stat().st_size > 1000  # objective, held-out MSE, prior scale
     scores = json.loads((out / "metatest.json").read_text())
@@ -75,7 +78,7 @@ def test_train_evaluate_and_resume(tiny_model, tmp_path, capsys):
 
     assert main(["evaluate", str(out), "--test-tasks", "3", "--steps", "0", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "gem-bml after 5 meta-iterations" in printed and "after   2 inner steps" in printed
+    assert "gem-bml after 5 meta-iterations" in printed and re.search(r"^ +2 +-?\d", printed, re.M)
     # Adapting with another inner loop than training's, results elsewhere.
     other = tmp_path / "eval"
     argv = ["evaluate", str(out), "--test-tasks", "3", "--steps", "2", "--out", str(other)]
@@ -144,7 +147,7 @@ def test_runs_from_one_seed_start_from_the_same_network_and_end_the_same(tiny_mo
 
 
 def test_a_model_file_seed_seeds_the_network(tiny_model):
-    from pyro_gem.cli import load_seeded
+    from pyro_gem.config import load_seeded
 
     seeded = tiny_model.read_text().replace('"test_tasks": 4}', '"test_tasks": 4, "seed": 7}')
     tiny_model.write_text(seeded)
@@ -171,3 +174,50 @@ def test_example_model_file_and_entry_point():
         [sys.executable, "-m", "pyro_gem.cli", "train", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "--inner-steps" in done.stdout
+
+
+MODELS = Path(__file__).resolve().parent / "models"
+
+
+@pytest.mark.parametrize(
+    ("model_file", "metrics"),
+    [
+        ("factor_classifier.py", ["lpd", "accuracy"]),
+        ("poisson.py", ["lpd", "mse", "coverage90", "rate_mae"]),
+    ],
+)
+def test_any_likelihood_trains_and_meta_tests_through_the_cli(
+    model_file, metrics, tmp_path, capsys
+):
+    """A pyro.factor classifier (no observation site, labels a required argument) and a Poisson
+    count model, each with a task family of its own: every metric is printed after every step
+    count and lands in metatest.json."""
+    out = tmp_path / "run"
+    argv = ["train", str(MODELS / model_file), "--meta-iterations", "6", "--test-tasks", "8"]
+    assert main(argv + ["--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"inner steps +" + " +".join(metrics) + "$", printed, re.M), printed
+    scores = json.loads((out / "metatest.json").read_text())
+    assert [k for k in scores if isinstance(scores[k], dict)] == metrics
+    for name in metrics:
+        assert set(scores[name]) == {"0", "1", "5", "10"}
+        for mean, ci in scores[name].values():
+            assert math.isfinite(mean) and ci >= 0
+    if "accuracy" in scores:
+        assert all(0 <= mean <= 1 for mean, _ in scores["accuracy"].values())
+    assert main(["evaluate", str(out), "--steps", "2"]) == 0
+    assert list(json.loads((out / "metatest.json").read_text())["lpd"]) == ["2"]
+
+
+def test_a_metric_the_model_cannot_give_fails_before_training_with_a_clear_error(tmp_path, capsys):
+    """The factor classifier scored as regression: the error names the metric and the site."""
+    path = tmp_path / "factor_as_regression.py"
+    text = (MODELS / "factor_classifier.py").read_text()
+    path.write_text(text.replace("    metrics = (Accuracy(),)", "    metrics = Sinusoid().metrics"))
+    path.write_text(
+        path.read_text().replace("from pyro_gem import ", "from pyro_gem import Sinusoid, ")
+    )
+    code = main(["train", str(path), "--meta-iterations", "2", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "metric 'mse' needs the observation site 'y'" in err
+    assert "Traceback" not in err and not (tmp_path / "r" / "checkpoint.pt").exists()

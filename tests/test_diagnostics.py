@@ -6,8 +6,8 @@ import torch
 from sinusoid_fixtures import small_sinusoid
 
 from pyro_gem import GEMBML, InnerVI, Sinusoid
-from pyro_gem.bmaml import BMAML
 from pyro_gem.diagnostics import plot_tasks, plot_training, to_inference_data
+from pyro_gem.methods.bmaml import BMAML
 
 matplotlib.use("Agg")
 

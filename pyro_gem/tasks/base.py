@@ -1,107 +1,50 @@
-"""Batches of tasks: the data one meta-iteration sees.
+"""A task family: where tasks come from, and what they are scored on.
 
-A :class:`TaskBatch` holds T tasks. ``support`` and ``query`` are the positional arguments of the
-user's single-task model, each stacked over tasks: a tensor of shape ``(T, N, ...)`` with the data
-points of a task along dimension 1.
+A task family draws batches of tasks (:class:`~pyro_gem.core.batch.TaskBatch`: support and query
+sets stacked over tasks) and lists the metrics of its kind; every meta-test also scores the
+held-out log predictive density. Subclass :class:`TaskFamily` and write :meth:`~TaskFamily.sample`;
+any object with ``sample(num_tasks, generator)`` and ``test_tasks(num_tasks)`` (and optionally
+``metrics``) serves as well.
 
-Example::
+Example (Poisson counts, scored by a metric of their own)::
 
-    batch = TaskBatch(support=(x_tr, y_tr), query=(x_val, y_val))   # x_tr: (T, K, 1)
-    batch.validate()
-    model(*batch.support)   # under the learner's tasks plate
+    class Counts(TaskFamily):
+        metrics = (RateError(),)          # a pyro_gem.evaluation.Metric
+
+        def sample(self, num_tasks, generator=None):
+            rate = 1 + 9 * torch.rand(num_tasks, 1, generator=generator)
+            x = torch.rand(num_tasks, 20, 1, generator=generator)
+            y = torch.poisson(rate * (1 + x[..., 0]), generator=generator)
+            return TaskBatch((x[:, :10], y[:, :10]), (x[:, 10:], y[:, 10:]))
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["TaskBatch", "task_count", "validate_task_args"]
+from pyro_gem.core.batch import TaskBatch
+from pyro_gem.evaluation.metrics import Metric
+
+__all__ = ["TaskFamily"]
 
 
-def task_count(args: Sequence, what: str = "model") -> int:
-    """The number of tasks T in stacked model arguments: dimension 0 of the first tensor.
+class TaskFamily:
+    """A family of tasks: :meth:`sample` draws new ones, :meth:`test_tasks` a fixed held-out set.
 
-    :param args: the model's positional arguments, tensors stacked over tasks ``(T, ...)``.
-    :param what: the arguments' name, used in the error message.
-    :raises ValueError: if no positional argument is a tensor.
-    """
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            return a.shape[0]
-    raise ValueError(
-        f"the {what} arguments hold no tensor: pass the model's data positionally, each "
-        "stacked over tasks (T, N, ...); keyword-only data cannot be split into tasks"
-    )
-
-
-def validate_task_args(args: Sequence[torch.Tensor], what: str = "support") -> int:
-    """Check stacked task data and return the number of tasks.
-
-    :param args: tensors of shape ``(T, N, ...)``.
-    :param what: the set's name, used in error messages.
-    :raises ValueError: for zero tasks, an empty set, mismatched shapes or non-finite values.
-    """
-    task_count(args, what)
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    for i, t in enumerate(tensors):
-        if t.dim() < 2:
-            raise ValueError(
-                f"{what} argument {i} has shape {tuple(t.shape)}: expected (tasks, points, ...)"
-            )
-    num_tasks, num_points = tensors[0].shape[:2]
-    if num_tasks == 0:
-        raise ValueError(f"the {what} set holds zero tasks")
-    if num_points == 0:
-        raise ValueError(f"the {what} set is empty: each task has zero data points")
-    for i, t in enumerate(tensors):
-        if t.shape[:2] != (num_tasks, num_points):
-            raise ValueError(
-                f"{what} argument {i} has shape {tuple(t.shape)}, but argument 0 has "
-                f"{num_tasks} tasks of {num_points} points: shapes must agree on (tasks, points)"
-            )
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            bad = (~torch.isfinite(t)).flatten(1).any(1).nonzero().flatten().tolist()
-            raise ValueError(f"{what} argument {i} holds NaN or infinite values (tasks {bad})")
-    return num_tasks
-
-
-@dataclass
-class TaskBatch:
-    """T tasks: support (D_tr) and query (D_val) sets as stacked model arguments.
-
-    :param support: model arguments for the support sets, each ``(T, N_tr, ...)``.
-    :param query: model arguments for the query sets, each ``(T, N_val, ...)``.
-    :param info: per-task ground truth for plots and diagnostics (e.g. amplitudes).
+    :cvar metrics: what the family's tasks are scored on beside the log predictive density.
+    :cvar test_seed: the seed of the held-out tasks.
     """
 
-    support: tuple[torch.Tensor, ...]
-    query: tuple[torch.Tensor, ...]
-    info: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: Sequence[Metric] = ()
+    test_seed: int = 2020
 
-    def __len__(self) -> int:
-        return self.support[0].shape[0]
+    def sample(self, num_tasks: int, generator: torch.Generator | None = None) -> TaskBatch:
+        """Draw ``num_tasks`` new tasks with support and query sets."""
+        raise NotImplementedError
 
-    def validate(self) -> int:
-        """Check both sets (see :func:`validate_task_args`) and that they agree on T."""
-        t = validate_task_args(self.support, "support")
-        q = validate_task_args(self.query, "query")
-        if t != q:
-            raise ValueError(f"support has {t} tasks but query has {q}")
-        if len(self.support) != len(self.query):
-            raise ValueError("support and query must give the model the same arguments")
-        return t
-
-    def joint(self) -> tuple[torch.Tensor, ...]:
-        """Support and query concatenated along the points dimension (D_tr ∪ D_val)."""
-        return tuple(torch.cat([s, q], dim=1) for s, q in zip(self.support, self.query))
-
-    def select(self, index: torch.Tensor | slice) -> TaskBatch:
-        """The tasks at ``index``."""
-        return TaskBatch(
-            tuple(a[index] for a in self.support),
-            tuple(a[index] for a in self.query),
-            {k: v[index] for k, v in self.info.items()},
-        )
+    def test_tasks(self, num_tasks: int = 600, seed: int | None = None) -> TaskBatch:
+        """A fixed set of held-out tasks, the same on every call with the same seed."""
+        gen = torch.Generator().manual_seed(self.test_seed if seed is None else seed)
+        return self.sample(num_tasks, gen)

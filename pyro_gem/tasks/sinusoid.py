@@ -19,7 +19,9 @@ import math
 
 import torch
 
-from pyro_gem.tasks.base import TaskBatch
+from pyro_gem.core.batch import TaskBatch
+from pyro_gem.evaluation.metrics import IntervalCoverage, SquaredError
+from pyro_gem.tasks.base import TaskFamily
 
 __all__ = ["Sinusoid"]
 
@@ -31,7 +33,7 @@ _SETTINGS = {
 }
 
 
-class Sinusoid:
+class Sinusoid(TaskFamily):
     """A family of sinusoid regression tasks.
 
     :param setting: ``"default"`` or ``"challenging"``.
@@ -40,7 +42,8 @@ class Sinusoid:
     :param x_range: the input interval.
     """
 
-    test_seed = 2020
+    # Scored on the predictive mean's squared error and the 90% interval's coverage of y.
+    metrics = (SquaredError(obs_site="y", mean_site="mean"), IntervalCoverage(0.9, obs_site="y"))
 
     def __init__(
         self,
@@ -85,8 +88,3 @@ class Sinusoid:
         y = y + noise_sd * torch.randn(y.shape, generator=generator)
         k = self.shots
         return TaskBatch((x[:, :k], y[:, :k]), (x[:, k:], y[:, k:]), info)
-
-    def test_tasks(self, num_tasks: int = 600, seed: int | None = None) -> TaskBatch:
-        """A fixed set of held-out tasks, the same on every call with the same seed."""
-        gen = torch.Generator().manual_seed(self.test_seed if seed is None else seed)
-        return self.sample(num_tasks, gen)

@@ -1,0 +1,101 @@
+"""Learnable priors over the weights of an ``nn.Module``.
+
+The prior is the meta-parameter Θ of Bayesian meta-learning. :class:`GaussianPrior` is a diagonal
+Gaussian N(m, diag σ²) over all of a network's weights, flattened into one vector and sampled at
+one Pyro site. Θ = (``loc``, ``log_scale``) are ordinary torch parameters, so any torch optimiser
+steps them; σ = exp(log_scale).
+
+Example (a single task, written the Pyro way)::
+
+    net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 1))
+    prior = GaussianPrior(net, init_scale=0.01)
+
+    def model(x, y=None):
+        f = prior.sample_net()                       # θ ~ P(θ; Θ) at site "theta"
+        mean = f(x).squeeze(-1)
+        with pyro.plate("data", x.shape[-2], dim=-1):
+            pyro.sample("y", dist.Normal(mean, 0.1), obs=y)
+
+One site holds the whole network. For a prior per layer, put one prior on each layer (each with
+its own ``name``) and run the layers yourself; the learners take a single prior today.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.poutine.runtime import get_plates
+from torch import nn
+
+from pyro_gem.core.nn import FunctionalNet
+
+__all__ = ["GaussianPrior"]
+
+
+class GaussianPrior(nn.Module):
+    """Diagonal Gaussian prior over a network's weights, θ ~ N(loc, diag exp(log_scale)²).
+
+    :param module: the network the prior is over (any module of standard layers).
+    :param init_scale: initial prior standard deviation σ, a float or a tensor of
+        ``num_weights`` entries.
+    :param init_loc: initial prior mean, a tensor of ``num_weights`` entries; defaults to the
+        module's own initialisation.
+    :param name: the Pyro sample site of the weights.
+    :param input_rank: rank of one input example, see :class:`~pyro_gem.core.nn.FunctionalNet`.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        init_scale: float | torch.Tensor = 0.01,
+        init_loc: torch.Tensor | None = None,
+        name: str = "theta",
+        input_rank: int | None = None,
+    ):
+        super().__init__()
+        self.name = name
+        self.net = FunctionalNet(module, input_rank=input_rank)
+        d = self.net.num_weights
+        loc = self.net.flatten(module) if init_loc is None else torch.as_tensor(init_loc)
+        if loc.shape != (d,):
+            raise ValueError(f"init_loc has shape {tuple(loc.shape)}, expected ({d},)")
+        scale = torch.as_tensor(init_scale, dtype=loc.dtype)
+        if scale.shape not in ((), (1,), (d,)):
+            raise ValueError(
+                f"init_scale has shape {tuple(scale.shape)}: expected a float or ({d},)"
+            )
+        if not torch.all(scale > 0) or not torch.all(torch.isfinite(scale)):
+            raise ValueError(f"init_scale must be positive and finite, got {init_scale!r}")
+        self.loc = nn.Parameter(loc.detach().clone())
+        self.log_scale = nn.Parameter(scale.log().expand(d).clone())
+
+    @property
+    def num_weights(self) -> int:
+        return self.net.num_weights
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    def dist(self) -> dist.TorchDistribution:
+        """The prior P(θ; Θ) as a Pyro distribution with event shape ``(num_weights,)``."""
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+    def sample(self) -> torch.Tensor:
+        """Sample θ at this prior's site (``pyro.sample(self.name, self.dist())``)."""
+        return pyro.sample(self.name, self.dist())
+
+    def sample_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Sample θ at this prior's site and return the network evaluated on it.
+
+        The returned callable maps inputs ``(..., N, *E)`` to outputs ``(..., N, *out)``. Under
+        plates (the learner's ``tasks`` plate, Predictive's particles) each plate slice gets its
+        own weights; call it outside the data plate.
+        """
+        theta = self.sample()
+        dims = [f.dim for f in get_plates() if f.vectorized and f.dim is not None]
+        weight_batch = theta.dim() - 1 + max(dims) + 1 if dims else None
+        return lambda x: self.net(theta, x, weight_batch)
