@@ -23,6 +23,7 @@ import torch
 from pyro.infer import Predictive
 
 from pyro_gem.core.posterior import Posterior
+from pyro_gem.evaluation.metrics import SquaredError
 
 if TYPE_CHECKING:
     from pyro_gem.core.batch import TaskBatch
@@ -123,7 +124,7 @@ def plot_tasks(
     steps: int | None = None,
     num_samples: int = 200,
     grid_points: int = 200,
-    mean_site: str = "mean",
+    mean_site: str | None = None,
     obs_site: str = "y",
 ):
     """Plot adapted predictions for a few 1-D regression tasks.
@@ -139,7 +140,8 @@ def plot_tasks(
     :param steps: inner steps of adaptation.
     :param num_samples: posterior draws for the band.
     :param grid_points: prediction points per panel.
-    :param mean_site: a deterministic site holding the noise-free prediction, if the model has one.
+    :param mean_site: a deterministic site holding the noise-free prediction, if the model has
+        one; by default the one the family's squared error reads (``"mean"`` without one).
     :param obs_site: the observation site, plotted where the model records no ``mean_site``.
     :returns: the path written, or the figure when ``path`` is ``None``; ``None`` when the
         tasks do not have scalar inputs or the model cannot predict from inputs alone.
@@ -156,6 +158,9 @@ def plot_tasks(
         draws = post.predict(grid, num_samples=num_samples)
     except TypeError:  # the model needs its observations (e.g. a pyro.factor likelihood)
         return None
+    if mean_site is None:
+        scored = [m for m in getattr(tasks, "metrics", ()) if isinstance(m, SquaredError)]
+        mean_site = scored[0].mean_site if scored else "mean"
     f = draws.get(mean_site, draws.get(obs_site))
     if f is None:
         return None

@@ -3,8 +3,9 @@
 A model file is a plain Python file that defines at module level ``prior`` (a
 :class:`~pyro_gem.GaussianPrior`), ``model`` (one task's Pyro model drawing its weights from
 ``prior``), ``tasks`` (a task family with ``sample(num_tasks, generator)`` and
-``test_tasks(num_tasks)``) and optionally ``config`` (a dict of default training options).
-``models/sinusoid.py`` is the example.
+``test_tasks(num_tasks)``, and optionally ``metrics``: see :class:`pyro_gem.tasks.TaskFamily`)
+and optionally ``config`` (a dict of default training options). ``models/sinusoid.py`` is the
+example; ``tests/models/`` holds a ``pyro.factor`` classifier and a Poisson count model.
 
 Example::
 

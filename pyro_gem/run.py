@@ -42,6 +42,7 @@ def run_meta_test(learner: MetaLearner, tasks, config: dict, num_samples: int = 
         steps=config["eval_steps"],
         metrics=getattr(tasks, "metrics", ()),
         num_samples=num_samples,
+        seed=config["seed"],
     )
 
 

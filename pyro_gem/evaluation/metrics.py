@@ -92,6 +92,7 @@ class Query:
         self._weights: torch.Tensor | None = None
         self._evaluated: tuple[torch.Tensor, dict] | None = None
         self._predictive: dict[str, torch.Tensor] | None = None
+        self._observed: tuple[list[str], list[str]] | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -130,20 +131,22 @@ class Query:
         draw of θ, ``{site: (S, T, ...)}`` (e.g. a classifier's ``logits``)."""
         return self._evaluate()[1]
 
-    def observation_site(self, site: str, metric: str) -> None:
+    def require_observation(self, site: str, metric: str) -> None:
         """Check that the model observes ``site`` (a sample site with ``obs=``, not a factor).
 
         :raises MetricError: naming ``metric`` and ``site`` if it does not.
         """
-        # One draw's model run on the full query data shows the model's sites.
-        nodes = {
-            n: node
-            for n, node in self._loglik.trace_nodes(self.weights()[0]).items()
-            if node["type"] == "sample"
-        }
-        observed = [n for n, node in nodes.items() if node["is_observed"] and not is_factor(node)]
+        if self._observed is None:
+            # One draw's model run on the full query data shows the model's sites.
+            nodes = self._loglik.trace_nodes(self.weights()[0])
+            samples = {n: node for n, node in nodes.items() if node["type"] == "sample"}
+            factors = [n for n, node in samples.items() if is_factor(node)]
+            observed = [
+                n for n, node in samples.items() if node["is_observed"] and n not in factors
+            ]
+            self._observed = observed, factors
+        observed, factors = self._observed
         if site not in observed:
-            factors = [n for n, node in nodes.items() if is_factor(node)]
             raise MetricError(
                 f"metric {metric!r} needs the observation site {site!r}, which the model does "
                 f"not have (its observation sites: {observed}"
@@ -161,8 +164,8 @@ class Query:
         :raises MetricError: if the model does not observe ``site`` or cannot run without its
             observations.
         """
+        self.require_observation(site, metric)
         if self._predictive is None:
-            self.observation_site(site, metric)
             try:
                 self._predictive = self.posterior.predict(
                     *self.inputs, num_samples=self.num_samples
