@@ -147,19 +147,22 @@ def run_reference(setting: str, args) -> dict:
 
 
 def markdown_table(report: dict) -> str:
-    """The README's results table: MSE ± 95% CI after 1 / 5 / 10 steps, 90% coverage, held-out
-    tasks left out of the means because their adaptation diverged, and ms per meta-iteration."""
+    """The results table: MSE ± 95% CI after 1 / 5 / 10 steps, 90% coverage and the log
+    predictive density of the query set after 10 steps, held-out tasks left out of the means
+    because their adaptation diverged, and ms per meta-iteration."""
 
-    def cell(v: list[float]) -> str:
+    def cell(v: list[float] | None) -> str:
+        if v is None:  # a row from before the metric was recorded
+            return "—"
         mean, ci = v
-        if not mean < 1e3:  # diverged on some held-out tasks (inf/NaN included)
+        if not abs(mean) < 1e3:  # diverged on some held-out tasks (inf/NaN included)
             return f"diverges ({mean:.0e})"
         return f"{mean:#.3g} ± {ci:#.2g}"
 
     rows = [
-        "| setting | method | MSE after 1 step | 5 steps | 10 steps | 90% coverage | diverged "
-        "| ms / iteration |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| setting | method | MSE after 1 step | 5 steps | 10 steps | 90% coverage "
+        "| log pred. density, 10 steps | diverged | ms / iteration |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = [*METHODS, REFERENCE]
     for setting, methods in report["results"].items():
@@ -169,6 +172,7 @@ def markdown_table(report: dict) -> str:
                 f"| {setting} | {method} | "
                 + " | ".join(cell(res["mse"][k]) for k in ("1", "5", "10"))
                 + f" | {'—' if cov is None else f'{cov:.2f}'}"
+                + f" | {cell(res.get('lpd', {}).get('10'))}"
                 + f" | {res.get('diverged', '—')}"
                 + f" | {1e3 * res['seconds_per_iteration']:.1f} |"
             )

@@ -34,6 +34,7 @@ def test_sinusoid_quick(tmp_path):
         for method in methods:
             res = report["results"][setting][method]
             assert set(res["mse"]) == {"0", "1", "5", "10"} and 0 <= res["coverage90"] <= 1
+            assert set(res["lpd"]) == {"0", "1", "5", "10"}  # the log predictive density
             assert f"{setting}/{method}/mse10" in summary
         assert set(report["results"][setting][reference]["mse"]) == {"0", "1", "5", "10"}
     assert report["results"]["default"]["gem-bml+"]["config"]["inner_optim"] == "clipped-sgd"
