@@ -25,6 +25,7 @@ from pyro_gem.core.posterior import ParticlePosterior, Posterior
 from pyro_gem.core.priors import GaussianPrior
 from pyro_gem.evaluation import Metric, Query, meta_test, task_scores
 from pyro_gem.methods import GEMBML, METHOD_TABLE, METHODS, build
+from pyro_gem.modelfile import settings
 from pyro_gem.run import Run, load_run
 from pyro_gem.tasks import Sinusoid, TaskFamily
 
@@ -49,6 +50,7 @@ __all__ = [
     "gem_plus_gradient",
     "load_run",
     "meta_test",
+    "settings",
     "task_scores",
 ]
 

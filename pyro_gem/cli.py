@@ -5,6 +5,7 @@ Example::
     pyro-gem train models/sinusoid.py                       # defaults from the file's config
     pyro-gem train models/sinusoid.py --method gem-bml --meta-iterations 500 --out runs/a
     pyro-gem train models/sinusoid.py --out runs/a --resume  # continue an interrupted run
+    pyro-gem train models/omniglot.py --set ways=20 shots=5 data=~/omniglot   # file settings
     pyro-gem evaluate runs/a                                 # meta-test a checkpoint again
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from pyro_gem.config import DEFAULTS, build_learner, load_seeded, resolve_config
 from pyro_gem.methods.registry import INNER_OPTIMS, METHODS, NEWTON
+from pyro_gem.modelfile import parse_settings
 from pyro_gem.run import load_run, run_meta_test
 from pyro_gem.training import train
 
@@ -28,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="meta-train a model file, then meta-test it")
     t.add_argument("model_file", type=Path, help="a Python file defining model, prior, tasks")
+    t.add_argument(
+        "--set",
+        nargs="+",
+        metavar="NAME=VALUE",
+        dest="settings",
+        help="the model file's settings (those it declares with pyro_gem.settings), e.g. "
+        "ways=20 shots=5 data=PATH",
+    )
     t.add_argument("--method", choices=METHODS)
     t.add_argument("--meta-iterations", type=int)
     t.add_argument("--meta-batch", type=int)
@@ -77,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 def _format_summary(summary) -> str:
     if isinstance(summary, (list, tuple)) and len(summary) == 2:
         return f"{summary[0]:.4f} ± {summary[1]:.4f}"
+    if isinstance(summary, dict):  # e.g. the calibration errors: their scalar entries
+        return ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))
     return f"{summary:.4f}" if isinstance(summary, float) else str(summary)
 
 
@@ -98,13 +110,19 @@ def format_scores(scores: dict) -> str:
 
 
 def _meta_test_and_plot(learner, tasks, config: dict, out_dir: Path, history: list[dict]) -> dict:
-    from pyro_gem.diagnostics import plot_tasks, plot_training
+    from pyro_gem.diagnostics import plot_reliability, plot_tasks, plot_training
 
     if history:
         print(f"wrote {plot_training(history, out_dir / 'training.png')}")
     scores = run_meta_test(learner, tasks, config)
     print(format_scores(scores))
     (out_dir / "metatest.json").write_text(json.dumps(scores, indent=2))
+    if "calibration" in scores:  # a classifier: how far to trust its probabilities
+        panels = {f"after {s} inner steps": scores["calibration"][str(s)] for s in scores["steps"]}
+        print(
+            f"wrote {plot_reliability(panels, out_dir / 'reliability.png', getattr(learner, 'name', ''))}"
+        )
+        return scores
     heldout = tasks.test_tasks(4)
     png = plot_tasks(learner, tasks, heldout, out_dir / "tasks.png")
     if png is not None:
@@ -113,9 +131,10 @@ def _meta_test_and_plot(learner, tasks, config: dict, out_dir: Path, history: li
 
 
 def _train(args) -> int:
-    mf = load_seeded(args.model_file, args.seed)
+    mf = load_seeded(args.model_file, args.seed, parse_settings(args.settings))
     config = resolve_config(mf.config, {key: getattr(args, key, None) for key in DEFAULTS})
     config["model_file"] = str(args.model_file.resolve())
+    config["settings"] = mf.settings
     out = args.out
     if args.resume and (out / "config.json").is_file():
         saved = json.loads((out / "config.json").read_text())
@@ -124,6 +143,8 @@ def _train(args) -> int:
             for k in DEFAULTS
             if k not in ("meta_iterations", "test_tasks") and saved.get(k) != config.get(k)
         }
+        if saved.get("settings", {}) != config["settings"]:
+            changed.add("--set")
         if changed:
             raise SystemExit(
                 f"--resume: options {sorted(changed)} differ from the checkpoint's; resuming "
@@ -140,6 +161,7 @@ def _train(args) -> int:
         resume=args.resume,
         meta_lr_milestones=config["meta_lr_milestones"],
         meta_lr_gamma=config["meta_lr_gamma"],
+        eval_samples=min(50, config["test_samples"]),
         config=config,
         progress=not args.no_progress,
     )

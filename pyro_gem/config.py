@@ -38,7 +38,9 @@ DEFAULTS = {
     "cg_steps": 5,
     "seed": 0,
     "test_tasks": 600,
+    "test_samples": 100,
     "eval_steps": [0, 1, 5, 10],
+    "test_steps": None,  # the inner steps a benchmark reports (None: the learner's own)
 }
 
 
@@ -63,15 +65,17 @@ def build_learner(model_file: ModelFile, config: dict) -> MetaLearner:
     return build(config["method"], model_file.model, model_file.prior, config)
 
 
-def load_seeded(path: Path, seed: int | None = None):
+def load_seeded(path: Path, seed: int | None = None, settings: dict | None = None):
     """Load a model file with the random state seeded first.
 
     A model file builds its network when it runs, and the prior starts from the network's own
     initialisation: without a seed, every process would start a run from different weights. The
     seed is ``seed`` (the CLI's), else the file's ``config["seed"]``, else the default; a file
     that sets its own seed is run twice, the second time under that seed.
+
+    :param settings: the model file's settings (``--set``; see :func:`pyro_gem.settings`).
     """
     first = DEFAULTS["seed"] if seed is None else seed
-    mf = load_model_file(path, seed=first)
+    mf = load_model_file(path, seed=first, settings=settings)
     wanted = resolve_config(mf.config, {"seed": seed})["seed"]
-    return mf if wanted == first else load_model_file(path, seed=wanted)
+    return mf if wanted == first else load_model_file(path, seed=wanted, settings=settings)

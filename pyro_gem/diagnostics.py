@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pyro_gem.core.batch import TaskBatch
     from pyro_gem.methods.base import MetaLearner
 
-__all__ = ["to_inference_data", "plot_tasks", "plot_training"]
+__all__ = ["plot_reliability", "plot_tasks", "plot_training", "to_inference_data"]
 
 
 def _np(value: torch.Tensor) -> np.ndarray:
@@ -218,4 +218,51 @@ def plot_training(history: list[dict], path: str | Path | None = None):
     axes[2].set_title("median prior scale σ")
     for ax in axes:
         ax.set_xlabel("meta-iteration")
+    return _finish(fig, path)
+
+
+def plot_reliability(calibration: dict[str, dict], path: str | Path | None = None, title: str = ""):
+    """Reliability diagrams, one panel per entry: the accuracy of each confidence bin against
+    its mean confidence, with the bins' share of the predictions below, and the ECE and MCE.
+
+    :param calibration: ``{label: summary}``, each the meta-test's ``"calibration"`` summary of
+        one step count (:class:`~pyro_gem.evaluation.classification.CalibrationError`:
+        ``{"ece", "mce", "bins", "counts"}``), e.g. ``{"maml": scores["calibration"]["3"]}``.
+    :param path: where to write the PNG; ``None`` returns the figure instead.
+    :param title: the figure's title.
+    """
+    import matplotlib.pyplot as plt
+
+    from pyro_gem.evaluation.classification import reliability
+
+    n = len(calibration)
+    fig, axes = plt.subplots(
+        2, n, figsize=(3.2 * n, 4.2), squeeze=False, gridspec_kw={"height_ratios": [3, 1]},
+        sharex=True,
+    )  # fmt: skip
+    for (label, summary), top, bottom in zip(calibration.items(), axes[0], axes[1]):
+        stats = reliability(torch.tensor(summary["counts"]))
+        edges = _np(stats["edges"])
+        width = edges[1] - edges[0]
+        centres = edges[:-1] + width / 2
+        acc = np.nan_to_num(_np(stats["accuracy"]))
+        top.bar(centres, acc, width=width, edgecolor="k", lw=0.5, label="accuracy")
+        conf = _np(stats["confidence"])
+        filled = ~np.isnan(conf)
+        top.bar(
+            centres[filled], conf[filled] - acc[filled], bottom=acc[filled], width=width,
+            color="C3", alpha=0.35, label="gap to confidence",
+        )  # fmt: skip
+        top.plot([0, 1], [0, 1], "k--", lw=1)
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_title(f"{label}\nECE {summary['ece']:.4f}, MCE {summary['mce']:.4f}", fontsize=9)
+        share = _np(stats["count"] / stats["count"].sum().clamp_min(1))
+        bottom.bar(centres, share, width=width, color="grey", edgecolor="k", lw=0.5)
+        bottom.set_xlabel("confidence")
+    axes[0][0].set_ylabel("accuracy")
+    axes[1][0].set_ylabel("share")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _finish(fig, path)

@@ -29,10 +29,11 @@ from pyro_gem.training import CHECKPOINT, LAYOUT, load_checkpoint
 __all__ = ["LAYOUT", "Run", "load_run", "run_meta_test"]
 
 
-def run_meta_test(learner: MetaLearner, tasks, config: dict, num_samples: int = 100) -> dict:
+def run_meta_test(learner: MetaLearner, tasks, config: dict) -> dict:
     """The meta-test of a run: ``config["test_tasks"]`` held-out tasks of ``tasks``, scored by
-    every metric after each of ``config["eval_steps"]`` inner steps, with Pyro seeded by
-    ``config["seed"]`` first, so that the same run gives the same numbers wherever it is tested.
+    every metric after each of ``config["eval_steps"]`` inner steps with
+    ``config["test_samples"]`` posterior draws, with Pyro seeded by ``config["seed"]`` first, so
+    that the same run gives the same numbers wherever it is tested.
     """
     pyro.set_rng_seed(config["seed"])
     heldout = tasks.test_tasks(config["test_tasks"])
@@ -41,7 +42,7 @@ def run_meta_test(learner: MetaLearner, tasks, config: dict, num_samples: int = 
         heldout,
         steps=config["eval_steps"],
         metrics=getattr(tasks, "metrics", ()),
-        num_samples=num_samples,
+        num_samples=config.get("test_samples", 100),
         seed=config["seed"],
     )
 
@@ -78,11 +79,20 @@ class Run:
     def adapt(self, *support: torch.Tensor, steps: int | None = None, record: Sequence[int] = ()):
         """The posterior of new tasks given their support sets (the learner's ``adapt``).
 
-        :param support: the model's arguments, stacked over tasks ``(T, K, ...)``.
+        :param support: the model's arguments, stacked over tasks ``(T, K, ...)``; checked by the
+            task family's ``check_data`` where it has one (a few-shot family names images of
+            the wrong size and labels out of range).
         :param steps: inner steps (the run's own by default).
         :param record: steps whose intermediate posteriors to keep in ``posterior.history``.
         """
+        self._check(support)
         return self.learner.adapt(*support, steps=steps, record=record)
+
+    def _check(self, args: Sequence) -> None:
+        """The task family's own check of a user's data (e.g. image sizes, label ranges)."""
+        check = getattr(self.tasks, "check_data", None)
+        if check is not None:
+            check(*args)
 
     def predict(
         self,
@@ -97,25 +107,29 @@ class Run:
         :param inputs: the model's arguments without the observations at the prediction points.
         :returns: ``{site: (num_samples, T, ...)}``, as :meth:`Posterior.predict` lays them out.
         """
+        self._check(inputs)
         return self.adapt(*support, steps=steps).predict(*inputs, num_samples=num_samples)
 
     def meta_test(
         self,
         num_tasks: int | None = None,
         steps: Sequence[int] | None = None,
-        num_samples: int = 100,
+        num_samples: int | None = None,
     ) -> dict:
         """Meta-test on the task family's held-out tasks, as ``pyro-gem evaluate`` does.
 
         :param num_tasks: held-out tasks (the run's ``test_tasks`` by default).
         :param steps: inner-step counts to score (the run's ``eval_steps`` by default).
+        :param num_samples: posterior draws per task (the run's ``test_samples`` by default).
         """
         config = dict(self.config)
+        if num_samples is not None:
+            config["test_samples"] = num_samples
         if num_tasks is not None:
             config["test_tasks"] = num_tasks
         if steps is not None:
             config["eval_steps"] = list(steps)
-        return run_meta_test(self.learner, self.tasks, config, num_samples)
+        return run_meta_test(self.learner, self.tasks, config)
 
 
 def load_run(
@@ -169,7 +183,7 @@ def load_run(
             f"the run's model file {model_path} is missing (moved or deleted?): pass the model "
             "file to load the run with (model_file=, or --model-file)"
         )
-    mf = load_seeded(model_path, config["seed"])
+    mf = load_seeded(model_path, config["seed"], config.get("settings"))
     config = resolve_config(config, overrides)
     learner = build_learner(mf, config)
     saved = state["learner"]["prior"]["loc"].shape

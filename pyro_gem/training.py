@@ -104,6 +104,7 @@ def train(
     eval_every: int = 250,
     eval_tasks: int = 100,
     eval_steps: int | None = None,
+    eval_samples: int = 50,
     meta_lr_milestones: Sequence[int] = (),
     meta_lr_gamma: float = 0.1,
     config: dict | None = None,
@@ -124,8 +125,10 @@ def train(
         It scores the task family's first metric (``tasks.metrics``), or the log predictive
         density if the family lists none. Before the first iteration the family's metrics are
         tried on two held-out tasks, so that a metric the model cannot give fails at once.
-    :param eval_tasks: held-out tasks in those evaluations.
+    :param eval_tasks: held-out tasks in those evaluations: the family's
+        ``validation_tasks(n)`` where it has them (a split of their own), else ``test_tasks(n)``.
     :param eval_steps: inner steps of the evaluation (defaults to the learner's).
+    :param eval_samples: posterior draws per task in those evaluations.
     :param meta_lr_milestones: iterations at which the meta-optimiser's learning rate is
         multiplied by ``meta_lr_gamma`` (a step schedule, a function of the iteration alone, so
         that a resumed run follows it exactly). Gradient-EM's per-iteration estimate is noisy,
@@ -160,7 +163,8 @@ def train(
     with torch.random.fork_rng():
         # A metric that cannot score this model (MetricError) fails here, not after hours.
         meta_test(learner, tasks.test_tasks(2), steps=(0,), metrics=metrics, num_samples=2)
-    heldout = tasks.test_tasks(eval_tasks) if eval_every else None
+    heldout_tasks = getattr(tasks, "validation_tasks", tasks.test_tasks)
+    heldout = heldout_tasks(eval_tasks) if eval_every else None
     last_score = math.nan
     bar = tqdm(
         range(start, meta_iterations),
@@ -187,7 +191,11 @@ def train(
             with torch.random.fork_rng():
                 steps = eval_steps if eval_steps is not None else learner.adapt_steps
                 score = meta_test(
-                    learner, heldout, steps=(steps,), metrics=(watched,), num_samples=50
+                    learner,
+                    heldout,
+                    steps=(steps,),
+                    metrics=(watched,),
+                    num_samples=eval_samples,
                 )
             last_score = score[watched.name][str(steps)][0]
             stats[f"heldout_{watched.name}"] = last_score

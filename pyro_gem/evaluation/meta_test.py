@@ -26,6 +26,10 @@ __all__ = ["meta_test", "score_metrics", "task_scores"]
 #: Keys of a meta-test's results that are not metrics.
 RESERVED = ("num_tasks", "diverged", "steps")
 
+#: Query-data elements adapted and scored at once by default: 200 sinusoid tasks, 71 episodes of
+#: 5-way Omniglot with 15 query images per class, 2 of miniImageNet.
+CHUNK_ELEMENTS = 2**22
+
 
 def score_metrics(metrics: Sequence[Metric] = ()) -> tuple[Metric, ...]:
     """The metrics a meta-test computes: the log predictive density, then ``metrics``.
@@ -50,7 +54,7 @@ def task_scores(
     *,
     metrics: Sequence[Metric] = (),
     num_samples: int = 100,
-    chunk: int = 200,
+    chunk: int | None = None,
     seed: int = 0,
 ) -> dict[str, dict[int, torch.Tensor]]:
     """Adapt to held-out tasks from their support sets and score each task's query set.
@@ -62,10 +66,12 @@ def task_scores(
     :param steps: the inner-step counts to score.
     :param metrics: the task family's metrics; the log predictive density is always scored.
     :param num_samples: posterior draws per prediction.
-    :param chunk: tasks adapted at once (bounds memory).
+    :param chunk: tasks adapted at once (bounds memory); by default as many as hold
+        :data:`CHUNK_ELEMENTS` elements of query data, at most 200.
     :param seed: seeds the weight draws of the log predictive density, a stream of their own:
         the predictive samples of the other metrics are torch's global stream, drawn as before.
-    :returns: ``{metric: {step: (T,)}}``, per task; not finite where adaptation diverged.
+    :returns: ``{metric: {step: (T, ...)}}``, per task (a metric may give a row per task, e.g.
+        the calibration error's bin counts); NaN where adaptation diverged.
     """
     tasks.validate()  # the query sets too: bad query data is not a diverged inner loop
     steps = sorted(set(int(s) for s in steps))
@@ -74,6 +80,10 @@ def task_scores(
     chosen = score_metrics(metrics)
     generator = torch.Generator().manual_seed(seed)
     scores: dict[str, dict[int, list[torch.Tensor]]] = {m.name: {} for m in chosen}
+    if chunk is None:
+        one = tasks.select(slice(0, 1)).query
+        per_task = sum(a.numel() for a in one if torch.is_tensor(a))
+        chunk = min(200, max(1, CHUNK_ELEMENTS // max(per_task, 1)))
     for start in range(0, len(tasks), chunk):
         part = tasks.select(slice(start, start + chunk))
         post = learner.adapt(*part.support, steps=max(steps), record=steps)
@@ -81,8 +91,16 @@ def task_scores(
             query = Query(post.history[s], part.query, num_samples, generator)
             diverged = ~query.finite  # its scores say nothing: marked as not finite
             for m in chosen:
-                value = m(query).float().masked_fill(diverged, torch.nan)
-                scores[m.name].setdefault(s, []).append(value)
+                value = m(query)
+                if not value.is_floating_point():
+                    value = value.float()
+                if value.dim() == 0 or len(value) != len(part):
+                    raise ValueError(
+                        f"metric {m.name!r} returned a value of shape {tuple(value.shape)}: "
+                        f"expected one value (or one row) per task, ({len(part)}, ...)"
+                    )
+                mask = diverged.reshape(-1, *(1,) * (value.dim() - 1))
+                scores[m.name].setdefault(s, []).append(value.masked_fill(mask, torch.nan))
     return {k: {s: torch.cat(v) for s, v in per_step.items()} for k, per_step in scores.items()}
 
 
@@ -93,7 +111,7 @@ def meta_test(
     *,
     metrics: Sequence[Metric] = (),
     num_samples: int = 100,
-    chunk: int = 200,
+    chunk: int | None = None,
     seed: int = 0,
 ) -> dict:
     """Adapt to held-out tasks from their support sets and summarise every metric of their
@@ -109,7 +127,11 @@ def meta_test(
         learner, tasks, steps, metrics=chosen, num_samples=num_samples, chunk=chunk, seed=seed
     )
     finite = torch.stack(
-        [v.isfinite() for per_step in scores.values() for v in per_step.values()]
+        [
+            v.flatten(1).isfinite().all(1) if v.dim() > 1 else v.isfinite()
+            for per_step in scores.values()
+            for v in per_step.values()
+        ]
     ).all(0)
     out: dict = {"steps": sorted(scores[chosen[0].name]), "num_tasks": len(tasks)}
     out["diverged"] = int((~finite).sum())

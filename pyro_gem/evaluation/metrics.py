@@ -68,7 +68,8 @@ class Query:
     :param num_samples: posterior draws (a particle posterior uses its particles instead).
     :param generator: the random stream of the weight draws; the predictive samples of
         :meth:`predictive` come from torch's global stream, as :meth:`Posterior.predict` draws.
-    :param max_copies: task copies per model run when evaluating the draws (bounds memory).
+    :param max_elements: input elements per model run when evaluating the draws: the draws are
+        evaluated in runs of as many copies of the T tasks' query data as fit (bounds memory).
     """
 
     def __init__(
@@ -77,14 +78,14 @@ class Query:
         args: Sequence[torch.Tensor],
         num_samples: int = 100,
         generator: torch.Generator | None = None,
-        max_copies: int = 20_000,
+        max_elements: int = 2**22,
     ):
         self.posterior = posterior
         self.args = tuple(args)
         self.inputs, self.target = self.args[:-1], self.args[-1]
         self.num_samples = num_samples
         self.generator = generator
-        self.max_copies = max_copies
+        self.max_elements = max_elements
         tasks_model = posterior.tasks_model
         self._loglik = TaskLogLikelihood(
             tasks_model.model, posterior.site, self.args, tasks_model.nesting
@@ -112,7 +113,8 @@ class Query:
     def _evaluate(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._evaluated is None:
             theta = self.weights()
-            per_run = max(1, self.max_copies // self.num_tasks)
+            per_copy = sum(a.numel() for a in self.args if torch.is_tensor(a))
+            per_run = max(1, self.max_elements // max(per_copy, 1))
             parts = [
                 self._loglik.evaluate(theta[i : i + per_run]) for i in range(0, len(theta), per_run)
             ]

@@ -48,3 +48,8 @@ class TaskFamily:
         """A fixed set of held-out tasks, the same on every call with the same seed."""
         gen = torch.Generator().manual_seed(self.test_seed if seed is None else seed)
         return self.sample(num_tasks, gen)
+
+    def validation_tasks(self, num_tasks: int = 100, seed: int | None = None) -> TaskBatch:
+        """The held-out tasks of the curve during training: by default the first of
+        :meth:`test_tasks`; a family with a validation split of its own draws them there."""
+        return self.test_tasks(num_tasks, seed)
