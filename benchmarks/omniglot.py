@@ -30,252 +30,28 @@ and ``<out>/omniglot_reliability_<setting>.png``. The last line printed is a JSO
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
-from pathlib import Path
+from fewshot import Benchmark, main  # this script's directory
 
-import matplotlib
-
-matplotlib.use("Agg")
-import pyro  # noqa: E402
-import torch  # noqa: E402
-
-from pyro_gem import METHOD_TABLE, meta_test  # noqa: E402
-from pyro_gem.config import build_learner, load_seeded, resolve_config  # noqa: E402
-from pyro_gem.diagnostics import plot_reliability  # noqa: E402
-from pyro_gem.run import run_meta_test  # noqa: E402
-from pyro_gem.training import train  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
-# The paper's Table 2 rows, then ABML and GEM-BML.
-TABLE2 = ("maml", "fomaml", "reptile", "imaml", "gem-bml+", "abml", "gem-bml")
-# The papers' full-data accuracies (%), for the table: GEM-BML+ from Zou & Lu's Table 2, the
-# others from their own papers as that table quotes them.
-PAPER = {
-    "maml": (98.7, 99.9, 95.8, 98.9),
-    "fomaml": (98.3, 99.2, 89.4, 97.9),
-    "reptile": (97.68, 99.48, 89.43, 97.12),
-    "imaml": (99.50, 99.74, 96.18, 99.14),
-    "gem-bml+": (99.23, 99.64, 96.24, 98.94),
-}
-
-
-def _shown(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def sampler_rate(tasks, meta_batch: int, repeats: int = 20) -> float:
-    """Episodes per second of the task family's sampler, assembling meta-batches."""
-    gen = torch.Generator().manual_seed(0)
-    tasks.sample(meta_batch, gen)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        tasks.sample(meta_batch, gen)
-    return repeats * meta_batch / (time.perf_counter() - start)
-
-
-def run_one(setting: str, method: str, args) -> tuple[dict, dict]:
-    ways, shots = SETTINGS[setting]
-    given = {"ways": ways, "shots": shots, "bins": args.bins}
-    if args.data is not None:
-        given["data"] = str(args.data)
-    if args.query is not None:
-        given["query"] = args.query
-    # Seeded before the file runs: every method starts from the same network weights.
-    mf = load_seeded(args.model_file, args.seed, given)
-    overrides = {"method": method, "seed": args.seed, "test_tasks": args.test_episodes}
-    if args.full:
-        overrides["meta_iterations"] = 60000
-    else:
-        overrides["meta_iterations"] = args.meta_iterations
-        overrides["meta_batch"] = args.meta_batch
-    config = resolve_config(mf.config, overrides)
-    config["settings"] = mf.settings
-    learner = build_learner(mf, config)
-    run_dir = (
-        args.out / ("omniglot_quick_runs" if args.quick else "omniglot_runs") / setting / method
-    )
-    history = train(
-        learner,
-        mf.tasks,
-        meta_iterations=config["meta_iterations"],
-        meta_batch=config["meta_batch"],
-        seed=args.seed,
-        out_dir=run_dir,
-        resume=True,
-        checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
-        eval_tasks=args.eval_tasks,
-        eval_samples=min(10, config["test_samples"]),
-        meta_lr_milestones=config["meta_lr_milestones"],
-        meta_lr_gamma=config["meta_lr_gamma"],
-        config=config,
-        progress=not args.no_progress,
-    )
-    steps, validation = choose_test_steps(learner, mf.tasks, config, args)
-    tick = time.perf_counter()
-    scores = run_meta_test(learner, mf.tasks, {**config, "eval_steps": [steps]})
-    test_seconds = time.perf_counter() - tick
-    key = str(steps)
-    calibration = scores["calibration"][key]
-    timed = [h["seconds"] for h in history if "seconds" in h]
-    seconds = statistics.median(timed) if timed else float("nan")
-    episodes_per_second = sampler_rate(mf.tasks, config["meta_batch"])
-    sampling = config["meta_batch"] / episodes_per_second
-    result = {
-        "accuracy": scores["accuracy"][key],
-        "nll": scores["nll"][key][0],
-        "ece": calibration["ece"],
-        "mce": calibration["mce"],
-        "lpd": scores["lpd"][key][0],
-        "test_steps": steps,
-        "validation_accuracy_by_steps": validation,
-        # A Gaussian posterior's predictive averages test_samples draws; a delta posterior has
-        # one point, BMAML's its particles.
-        "posterior": METHOD_TABLE[method].posterior,
-        "test_samples": config["test_samples"],
-        "diverged": scores["diverged"],
-        "meta_iterations": len(history),
-        "meta_batch": config["meta_batch"],
-        "seconds_per_iteration": seconds,
-        "sampler_episodes_per_second": episodes_per_second,
-        "sampling_share_of_iteration": sampling / seconds if timed else None,
-        "meta_test_seconds": test_seconds,
-        "reliability_counts": calibration["counts"],
-        "config": {
-            k: config[k]
-            for k in (
-                "inner_optim",
-                "inner_lr",
-                "inner_steps",
-                "query_steps",
-                "num_particles",
-                "meta_lr",
-                "reg",
-                "cg_steps",
-            )
-        },  # fmt: skip
-        "run_dir": _shown(run_dir),
-    }
-    return result, calibration
-
-
-def choose_test_steps(learner, tasks, config: dict, args) -> tuple[int, dict]:
-    """The inner steps of the meta-test: the model file's ``test_steps`` for the method, the one
-    count or, given several (e.g. the training steps and MAML's 3), the count with the best
-    accuracy on ``--eval-tasks`` validation episodes (never the test episodes)."""
-    candidates = config["test_steps"]
-    if candidates is None:
-        candidates = [learner.adapt_steps]
-    elif isinstance(candidates, int):
-        candidates = [candidates]
-    if len(candidates) == 1:
-        return int(candidates[0]), {}
-    pyro.set_rng_seed(args.seed)
-    scores = meta_test(
-        learner,
-        tasks.validation_tasks(args.eval_tasks),
-        steps=candidates,
-        metrics=tasks.metrics[:1],
-        num_samples=min(10, config["test_samples"]),
-        seed=args.seed,
-    )
-    accuracy = {int(k): v[0] for k, v in scores["accuracy"].items()}
-    return max(accuracy, key=lambda k: (accuracy[k], -k)), {str(k): v for k, v in accuracy.items()}
-
-
-def markdown_table(report: dict) -> str:
-    """Accuracy ± 95% CI, NLL, ECE and MCE per setting and method, with the paper's figure."""
-    lines = [
-        "| setting | method | accuracy (%) | NLL | ECE | MCE | paper (full data, %) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for setting, per_method in report["results"].items():
-        column = list(SETTINGS).index(setting)
-        for method, r in per_method.items():
-            mean, ci = (100 * v for v in r["accuracy"])
-            paper = PAPER.get(method)
-            lines.append(
-                f"| {setting} | {method} | {mean:.2f} ± {ci:.2f} | {r['nll']:.3f} | "
-                f"{r['ece']:.4f} | {r['mce']:.4f} | {paper[column] if paper else ''} |"
-            )
-    return "\n".join(lines)
-
-
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2 iterations, 10 episodes")
-    p.add_argument("--full", action="store_true", help="MAML's budget (use with --data)")
-    p.add_argument("--settings", nargs="+", default=["5w1s"], choices=list(SETTINGS))
-    p.add_argument("--methods", nargs="+", default=list(TABLE2))
-    p.add_argument("--data", type=Path, help="an Omniglot folder (default: the minimal subsets)")
-    p.add_argument("--model-file", type=Path, default=ROOT / "models" / "omniglot.py")
-    p.add_argument("--meta-iterations", type=int, default=500)
-    p.add_argument("--meta-batch", type=int, default=8)
-    p.add_argument("--query", type=int, help="query images per class (the model file's default)")
-    p.add_argument("--test-episodes", type=int, default=600)
-    p.add_argument("--bins", type=int, default=15, help="confidence bins of ECE and MCE")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-tasks", type=int, default=50)
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--table", action="store_true", help="print omniglot.json as Markdown")
-    args = p.parse_args(argv)
-    name = "omniglot_quick" if args.quick else "omniglot"
-    path = args.out / f"{name}.json"
-    if args.table:
-        print(markdown_table(json.loads(path.read_text())))
-        return {}
-    if args.quick:
-        args.meta_iterations, args.meta_batch, args.test_episodes = 2, 2, 10
-        args.eval_every, args.checkpoint_every = 0, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = json.loads(path.read_text()) if path.is_file() else {"results": {}}
-    report["settings"] = {
-        "data": _shown(args.data) if args.data else "../shared/data/omniglot (minimal subsets)",
-        "model_file": _shown(args.model_file),
-        "meta_iterations": 60000 if args.full else args.meta_iterations,
-        "meta_batch": "MAML's (32 at 5-way, 16 at 20-way)" if args.full else args.meta_batch,
-        "test_episodes": args.test_episodes,
-        "calibration_bins": args.bins,
-        "seed": args.seed,
-        "device": f"cpu ({torch.get_num_threads()} threads)",
-    }
-    summary = {}
-    for setting in args.settings:
-        calibrations = {}
-        for method in args.methods:
-            result, calibration = run_one(setting, method, args)
-            report["results"].setdefault(setting, {})[method] = result
-            calibrations[method] = calibration
-            path.write_text(json.dumps(report, indent=1))
-            summary[f"{setting}/{method}/accuracy"] = result["accuracy"][0]
-            summary[f"{setting}/{method}/ece"] = result["ece"]
-            print(
-                f"{setting} {method}: accuracy {100 * result['accuracy'][0]:.2f} ± "
-                f"{100 * result['accuracy'][1]:.2f} %, nll {result['nll']:.3f}, ece "
-                f"{result['ece']:.4f}, mce {result['mce']:.4f}",
-                flush=True,
-            )
-        every = {m: r for m, r in report["results"][setting].items()}
-        plot_reliability(
-            {m: {"ece": r["ece"], "mce": r["mce"], "counts": r["reliability_counts"]}
-             for m, r in every.items()},
-            args.out / f"{name}_reliability_{setting}.png",
-            title=f"Omniglot {setting}: reliability over {args.test_episodes} test episodes",
-        )  # fmt: skip
-    print(json.dumps(summary))
-    return summary
-
+OMNIGLOT = Benchmark(
+    name="omniglot",
+    title="Omniglot",
+    description=__doc__.split("\n")[0],
+    settings={"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)},
+    # The paper's Table 2 rows, then ABML and GEM-BML.
+    methods=("maml", "fomaml", "reptile", "imaml", "gem-bml+", "abml", "gem-bml"),
+    # The full-data accuracies (%): GEM-BML+ from Zou & Lu's Table 2, the others from their own
+    # papers as that table quotes them.
+    paper={
+        "maml": (98.7, 99.9, 95.8, 98.9),
+        "fomaml": (98.3, 99.2, 89.4, 97.9),
+        "reptile": (97.68, 99.48, 89.43, 97.12),
+        "imaml": (99.50, 99.74, 96.18, 99.14),
+        "gem-bml+": (99.23, 99.64, 96.24, 98.94),
+    },
+    full_iterations=60000,  # MAML's
+    default_data="../shared/data/omniglot (the minimal subsets)",
+    data_help="an Omniglot folder (default: the minimal subsets in ../shared/data/omniglot)",
+)
 
 if __name__ == "__main__":
-    main()
+    main(OMNIGLOT)

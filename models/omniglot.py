@@ -37,7 +37,8 @@ net = nn.Sequential(
     *conv_block(1, 64), *conv_block(64, 64), *conv_block(64, 64), *conv_block(64, 64),
     nn.Flatten(), nn.Linear(64, opts.ways),
 )  # fmt: skip
-prior = GaussianPrior(net, init_scale=0.01)
+# A wide prior, so that five images can move a task's weights (the inner VI starts narrow).
+prior = GaussianPrior(net, init_scale=0.2)
 
 
 def model(images, labels=None):
@@ -66,8 +67,12 @@ config = {
     "meta_iterations": 2000,
     "meta_batch": 32 if five_way else 16,  # MAML's
     "meta_lr": 1e-3,
-    "inner_optim": "adam",  # GEM-BML(+) adapt with Adam, as the paper does here
-    "inner_lr": 0.1,
+    # GEM-BML(+) adapt with Adam, as the paper does here, in prior-whitened coordinates from a
+    # guide 200 times narrower than the prior: started at the prior it draws networks that fit
+    # nothing. Adam moves every one of the 112k weights by about lr·σ a step, hence the small lr.
+    "inner_optim": "adam",
+    "inner_lr": 0.005,
+    "guide_init_scale": 0.005,
     "inner_steps": 5,
     "num_particles": 1,
     "test_tasks": 600,

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -166,3 +168,43 @@ def test_prior_drift_quick():
     assert first["loc_moved"] == 0 and last["loc_moved"] > 0  # GEM-BML+ trained in between
     assert set(last["training_loop"]["mse"]) == {"10", "20"}
     assert set(last["converged"]["mse"]) == {"5"}
+
+
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+
+
+def check_fewshot_report(report: dict, methods, setting="5w1s"):
+    for method in methods:
+        res = report["results"][setting][method]
+        mean, ci = res["accuracy"]
+        assert 0 <= mean <= 1 and ci >= 0
+        assert 0 <= res["ece"] <= res["mce"] <= 1 and res["nll"] > 0
+        assert res["sampler_episodes_per_second"] > 0 and res["seconds_per_iteration"] > 0
+        assert sum(c[0] for c in res["reliability_counts"]) == 10 * 5 * 2  # episodes×ways×query
+    assert report["settings"]["calibration_bins"] == 15
+
+
+@pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"the Omniglot subsets are not at {OMNIGLOT}")
+def test_omniglot_quick(tmp_path):
+    methods = ("maml", "gem-bml+")
+    argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--methods", *methods]
+    summary = run("benchmarks/omniglot.py", *argv)
+    report = json.loads((tmp_path / "omniglot_quick.json").read_text())
+    check_fewshot_report(report, methods)
+    assert report["results"]["5w1s"]["maml"]["test_steps"] in (1, 3)  # chosen on validation
+    assert "5w1s/gem-bml+/ece" in summary
+    assert (tmp_path / "omniglot_quick_reliability_5w1s.png").is_file()
+
+
+def test_miniimagenet_quick_on_a_generated_copy(tmp_path):
+    methods = ("maml", "gem-bml+")
+    argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--methods", *methods]
+    run("benchmarks/miniimagenet.py", *argv)
+    report = json.loads((tmp_path / "miniimagenet_quick.json").read_text())
+    check_fewshot_report(report, methods)
+    assert (tmp_path / "miniimagenet_quick_data" / "mini-imagenet-cache-train.pkl").is_file()
+    table = subprocess.run(
+        [sys.executable, "benchmarks/miniimagenet.py", "--quick", "--table", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "| 5w1s | gem-bml+ |" in table and "50.03" in table

@@ -218,6 +218,11 @@ class InnerVI:
         :class:`~pyro.infer.reparam.LocScaleReparam`), which makes the step size independent of
         the prior's scale. Without it, Adam's step of roughly ``lr`` per weight dwarfs a small
         prior scale and the KL term explodes.
+    :param init_scale: where the guide's scale starts when no ``init`` is given, as a fraction
+        of the prior's scale (``None``: at the prior's, q = p). A wide prior over a deep
+        network's weights makes a guide started at it draw networks that fit nothing, so the
+        ELBO's gradients are noise; started narrow, VI fits the data first and widens the
+        posterior where the data allow (as Bayes by Backprop starts its scales small).
     :param loss: an ELBO; defaults to :class:`~pyro_gem.core.elbo.MeanFieldELBO`, which computes
         :class:`~pyro.infer.TraceMeanField_ELBO` (analytic KL to the Gaussian prior, which makes
         the scale updates far less noisy) with less per-step overhead.
@@ -231,6 +236,7 @@ class InnerVI:
         num_particles: int = 1,
         loss: pyro.infer.ELBO | None = None,
         whiten: bool = True,
+        init_scale: float | None = None,
     ):
         self.guide_cls = resolve_guide(guide)
         optim = pyro.optim.Adam({"lr": 0.01}) if optim is None else optim
@@ -248,6 +254,9 @@ class InnerVI:
         self.num_particles = int(num_particles)
         self.loss = loss
         self.whiten = whiten
+        if init_scale is not None and not init_scale > 0:
+            raise ValueError(f"init_scale must be a positive fraction, got {init_scale}")
+        self.init_scale = init_scale
 
     def _elbo(self, nesting: int) -> pyro.infer.ELBO:
         if self.loss is not None:
@@ -289,9 +298,12 @@ class InnerVI:
         p_loc, p_scale = swap.fn.base_dist.loc, swap.fn.base_dist.scale
         init_loc, init_scale = prior if init is None else init
         init_loc = PriorSwap.layout(init_loc, tasks_model.dim)
-        init_scale = (
-            p_scale if init_scale is None else PriorSwap.layout(init_scale, tasks_model.dim)
-        )
+        if init is None and self.init_scale is not None:
+            init_scale = p_scale * self.init_scale
+        elif init_scale is None:
+            init_scale = p_scale
+        else:
+            init_scale = PriorSwap.layout(init_scale, tasks_model.dim)
         conditioned = swap(tasks_model)
         guide_site = site
         if self.whiten:

@@ -138,7 +138,9 @@ class CalibrationError(Metric):
         correct = (predicted == labels).double().flatten(1)
         # Bin b holds confidences in (b/B, (b+1)/B] (Guo et al., 2017); torchmetrics puts a
         # confidence of exactly 1 in a bin of its own, and agrees everywhere else.
-        index = (torch.ceil(confidence * self.bins) - 1).clamp(0, self.bins - 1).long()
+        # (A diverged task's NaN confidences go to bin 0; the meta-test drops the task.)
+        binned = torch.ceil(confidence.nan_to_num(0.0) * self.bins) - 1
+        index = binned.clamp(0, self.bins - 1).long()
         values = torch.stack([torch.ones_like(confidence), confidence, correct], -1)
         counts = values.new_zeros(len(values), self.bins, 3)
         return counts.scatter_add_(1, index[..., None].expand(-1, -1, 3), values)

@@ -81,6 +81,7 @@ def _gem(plus: bool):
             optim=_inner_optim(config),
             steps=config["inner_steps"],
             num_particles=config["num_particles"],
+            init_scale=config.get("guide_init_scale"),
         )
         meta_optim = torch.optim.Adam(prior.parameters(), lr=config["meta_lr"])
         return GEMBML(

@@ -72,6 +72,24 @@ def test_guide_starts_at_the_prior_and_prior_is_untouched(whiten):
     assert len(pyro.get_param_store().keys()) == 0
 
 
+@pytest.mark.parametrize("whiten", [True, False])
+def test_the_guide_can_start_narrower_than_the_prior(whiten):
+    model, prior = small_sinusoid()
+    batch = Sinusoid().sample(3, torch.Generator().manual_seed(1))
+    p = (prior.loc.detach(), prior.scale.detach())
+    vi = InnerVI(steps=2, whiten=whiten, init_scale=0.1)
+    fit = vi.fit(model, prior.name, batch.support, p, record=(0,))
+    loc0, scale0, _ = fit.snapshots[0]
+    torch.testing.assert_close(loc0, prior.loc.detach().expand(3, -1))
+    torch.testing.assert_close(scale0, 0.1 * prior.scale.detach().expand(3, -1))
+    # an explicit start (the sequential update's second fit) is kept as given
+    start = (fit.loc, fit.scale)
+    second = vi.fit(model, prior.name, batch.support, p, init=start, record=(0,))
+    torch.testing.assert_close(second.snapshots[0][1], fit.scale)
+    with pytest.raises(ValueError, match="init_scale must be a positive fraction"):
+        InnerVI(init_scale=0.0)
+
+
 def test_nothing_leaks_into_the_global_param_store():
     pyro.param("users_own", torch.tensor(1.0))
     model, prior = small_sinusoid()

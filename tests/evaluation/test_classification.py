@@ -32,9 +32,7 @@ def test_accuracy_and_nll_of_known_predictions():
     labels = torch.tensor([[0, 1], [0, 1]])
     q = query_of(probs.log()[None], labels)
     assert torch.allclose(Accuracy()(q), torch.tensor([1.0, 0.5]))
-    nll = torch.tensor(
-        [-(math.log(0.7) + math.log(0.8)) / 2, -(math.log(0.6) + math.log(0.4)) / 2]
-    )
+    nll = torch.tensor([-(math.log(0.7) + math.log(0.8)) / 2, -(math.log(0.6) + math.log(0.4)) / 2])
     assert torch.allclose(PredictiveNLL()(q), nll, atol=1e-6)
 
 
@@ -63,17 +61,27 @@ def test_a_calibrated_predictor_has_small_ece_and_an_overconfident_one_large():
     correct = torch.rand(n, generator=gen) < confidence  # right with the stated probability
     labels = torch.where(correct, 0, 1)
     probs = torch.stack([confidence, 1 - confidence], -1)
-    calibrated = CalibrationError().summarize(CalibrationError()(query_of(probs.log()[None, None], labels[None])))
+    calibrated = CalibrationError().summarize(
+        CalibrationError()(query_of(probs.log()[None, None], labels[None]))
+    )
     assert calibrated["ece"] < 0.02
     sharp = torch.stack([0.99 * torch.ones(n), 0.01 * torch.ones(n)], -1)
-    over = CalibrationError().summarize(CalibrationError()(query_of(sharp.log()[None, None], labels[None])))
+    over = CalibrationError().summarize(
+        CalibrationError()(query_of(sharp.log()[None, None], labels[None]))
+    )
     accuracy = correct.float().mean().item()
-    assert over["ece"] == pytest.approx(0.99 - accuracy, abs=1e-4) == pytest.approx(over["mce"], abs=1e-4)
+    assert (
+        over["ece"]
+        == pytest.approx(0.99 - accuracy, abs=1e-4)
+        == pytest.approx(over["mce"], abs=1e-4)
+    )
 
 
 def test_a_model_without_a_logits_site_gets_an_error_naming_it():
     q = SimpleNamespace(sites=lambda: {"probs": torch.zeros(1)}, target=torch.zeros(1))
-    with pytest.raises(MetricError, match=r"reads the class logits from the site 'logits'.*pyro.deterministic"):
+    with pytest.raises(
+        MetricError, match=r"reads the class logits from the site 'logits'.*pyro.deterministic"
+    ):
         Accuracy()(q)
     with pytest.raises(ValueError, match="bins must be a positive integer"):
         CalibrationError(0)

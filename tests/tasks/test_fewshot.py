@@ -17,7 +17,12 @@ def tagged_split(num_classes: int, per_class: int, offset: int = 0) -> ImageClas
 
 def family(ways=5, shots=2, query=3, **kw) -> FewShotClassification:
     return FewShotClassification(
-        tagged_split(12, 8), tagged_split(6, 8, 100), tagged_split(7, 8, 200), ways, shots, query,
+        tagged_split(12, 8),
+        tagged_split(6, 8, 100),
+        tagged_split(7, 8, 200),
+        ways,
+        shots,
+        query,
         **kw,
     )
 
@@ -42,7 +47,9 @@ def test_episodes_draw_distinct_classes_and_images_labelled_by_class():
         assert len(label_class) == 5 and len(set(label_class.values())) == 5
         assert all(label_class[int(y)] == int(c) for y, c in zip(yq[t], cq[t]))
         # no image twice in an episode: support and query are disjoint
-        seen = list(zip(cs[t].tolist(), is_[t].tolist())) + list(zip(cq[t].tolist(), iq[t].tolist()))
+        seen = list(zip(cs[t].tolist(), is_[t].tolist())) + list(
+            zip(cq[t].tolist(), iq[t].tolist())
+        )
         assert len(seen) == len(set(seen)) == 25
     assert cs.max() < 12  # drawn from the train split only
 
@@ -79,7 +86,9 @@ def test_images_are_scaled_then_standardised_per_channel():
     split = ImageClasses.from_groups(
         [torch.full((6, 3, 2, 2), v, dtype=torch.uint8) for v in (0, 51, 255)], ["a", "b", "c"]
     )
-    tasks = FewShotClassification(split, split, split, 2, 1, 1, mean=(0.2, 0.4, 0.6), std=(0.5, 1.0, 2.0))
+    tasks = FewShotClassification(
+        split, split, split, 2, 1, 1, mean=(0.2, 0.4, 0.6), std=(0.5, 1.0, 2.0)
+    )
     x = tasks.images(split, torch.tensor([6]))  # class "b": 51/255 = 0.2
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([0.0, -0.2, -0.2]))
 
@@ -89,25 +98,37 @@ def test_classes_with_too_few_images_and_too_many_ways_are_named():
         [torch.zeros(n, 1, 4, 4, dtype=torch.uint8) for n in (8, 3, 8, 8, 8)], list("abcde")
     )
     ok = tagged_split(6, 8)
-    with pytest.raises(ValueError, match=r"1 train classes have fewer images than shots \+ query = 2 \+ 3: b \(3\)"):
+    with pytest.raises(
+        ValueError, match=r"1 train classes have fewer images than shots \+ query = 2 \+ 3: b \(3\)"
+    ):
         FewShotClassification(short, ok, ok, ways=3, shots=2, query=3)
     with pytest.raises(ValueError, match="ways=7 but the validation split has only 6 classes"):
         FewShotClassification(tagged_split(9, 8), ok, tagged_split(9, 8), ways=7, shots=1, query=1)
     with pytest.raises(ValueError, match="shots must be a positive integer"):
         FewShotClassification(ok, ok, ok, ways=2, shots=0)
     with pytest.raises(ValueError, match="the test images are"):
-        bigger = ImageClasses.from_groups([torch.zeros(8, 1, 5, 5, dtype=torch.uint8)] * 6, list("abcdef"))
+        bigger = ImageClasses.from_groups(
+            [torch.zeros(8, 1, 5, 5, dtype=torch.uint8)] * 6, list("abcdef")
+        )
         FewShotClassification(ok, ok, bigger, ways=2, shots=1, query=1)
 
 
 @pytest.mark.parametrize(
     "images, labels, message",
     [
-        (torch.rand(2, 10, 1, 5, 5), None, r"wrong size: got \(1, 5, 5\) per image, .* takes \(1, 4, 4\)"),
+        (
+            torch.rand(2, 10, 1, 5, 5),
+            None,
+            r"wrong size: got \(1, 5, 5\) per image, .* takes \(1, 4, 4\)",
+        ),
         (torch.rand(2, 10, 3, 4, 4), None, r"wrong channels: got \(3, 4, 4\)"),
         (torch.rand(10, 1, 4, 4), None, r"images must be a tensor \(tasks, images, 1, 4, 4\)"),
         (torch.zeros(2, 10, 1, 4, 4, dtype=torch.uint8), None, "images are torch.uint8"),
-        (torch.rand(2, 10, 1, 4, 4), torch.full((2, 10), 5), r"labels must lie in 0..4 \(ways=5\), got \[5\]"),
+        (
+            torch.rand(2, 10, 1, 4, 4),
+            torch.full((2, 10), 5),
+            r"labels must lie in 0..4 \(ways=5\), got \[5\]",
+        ),
         (torch.rand(2, 10, 1, 4, 4), -torch.ones(2, 10, dtype=torch.long), r"got \[-1\]"),
         (torch.rand(2, 10, 1, 4, 4), torch.zeros(2, 9, dtype=torch.long), "do not match images"),
         (torch.rand(2, 10, 1, 4, 4), torch.zeros(2, 10), "labels must be integers"),

@@ -80,15 +80,21 @@ def test_zips_are_unpacked_into_the_cache_never_beside_them_and_shared_character
 
 
 def test_a_missing_or_empty_folder_says_what_layout_is_expected(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no Omniglot folder at .*omniglot-py/images_background"):
+    with pytest.raises(
+        FileNotFoundError, match="no Omniglot folder at .*omniglot-py/images_background"
+    ):
         read_omniglot(tmp_path / "nowhere", cache_dir=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no Omniglot images under .*expected the torchvision"):
+    with pytest.raises(
+        FileNotFoundError, match="no Omniglot images under .*expected the torchvision"
+    ):
         read_omniglot(tmp_path / "empty", cache_dir=tmp_path)
 
 
 def test_the_maml_split_shuffles_1623_characters_by_a_fixed_seed():
-    keys = [f"A{a:02d}/character{c:02d}" for a in range(50) for c in range(1, 34)][:FULL_SET_CHARACTERS]
+    keys = [f"A{a:02d}/character{c:02d}" for a in range(50) for c in range(1, 34)][
+        :FULL_SET_CHARACTERS
+    ]
     split = omniglot_splits(keys)  # auto: the full set
     assert [len(split[k]) for k in ("train", "validation", "test")] == [1100, 100, 423]
     assert set().union(*split.values()) == set(keys)
@@ -116,7 +122,10 @@ def test_rotations_are_classes_of_their_own(tmp_path):
         cache_dir=tmp_path / "cache",
     )  # fmt: skip
     train = tasks.splits["train"]
-    assert train.num_classes == 12 and train.names[:2] == ["A/character01/rot0", "A/character01/rot90"]
+    assert train.num_classes == 12 and train.names[:2] == [
+        "A/character01/rot0",
+        "A/character01/rot90",
+    ]
     base = train.images[train.offsets[0] : train.offsets[0] + 20]
     turned = train.images[train.offsets[1] : train.offsets[1] + 20]
     assert torch.equal(turned, torch.rot90(base, 1, dims=(-2, -1)))
