@@ -22,7 +22,8 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_gem import METHOD_TABLE, meta_test  # noqa: E402
-from pyro_gem.config import build_learner, load_seeded, resolve_config  # noqa: E402
+from pyro_gem.cli import EVALUATION_ONLY  # noqa: E402
+from pyro_gem.config import DEFAULTS, build_learner, load_seeded, resolve_config  # noqa: E402
 from pyro_gem.diagnostics import plot_reliability  # noqa: E402
 from pyro_gem.run import run_meta_test  # noqa: E402
 from pyro_gem.training import train  # noqa: E402
@@ -89,6 +90,7 @@ def run_one(bench: Benchmark, setting: str, method: str, args) -> tuple[dict, di
     config["settings"] = mf.settings
     learner = build_learner(mf, config)
     run_dir = args.out / f"{bench.output(args)}_runs" / setting / method
+    check_resumable(run_dir, config)
     history = train(
         learner,
         mf.tasks,
@@ -149,9 +151,29 @@ def run_one(bench: Benchmark, setting: str, method: str, args) -> tuple[dict, di
                 "cg_steps",
             )
         },  # fmt: skip
+        "settings": mf.settings,  # the model file's, the data folder among them
         "run_dir": _shown(run_dir),
     }
     return result, calibration
+
+
+def check_resumable(run_dir: Path, config: dict) -> None:
+    """Refuse to continue a run directory trained with other options or settings, or further
+    than ``config["meta_iterations"]``: the run would not be the one asked for."""
+    if not (run_dir / "config.json").is_file():
+        return
+    saved = json.loads((run_dir / "config.json").read_text())
+    changed = sorted(
+        k
+        for k in (*DEFAULTS, "settings")
+        if k not in EVALUATION_ONLY and saved.get(k, DEFAULTS.get(k)) != config.get(k)
+    )
+    done = len(json.loads((run_dir / "history.json").read_text()))
+    if changed or done > config["meta_iterations"]:
+        raise SystemExit(
+            f"{run_dir} holds a run with other options ({changed}) or more iterations ({done} > "
+            f"{config['meta_iterations']}): remove it or write elsewhere (--out)"
+        )
 
 
 def choose_test_steps(learner, tasks, config: dict, args) -> tuple[int, dict]:
@@ -262,10 +284,9 @@ def main(bench: Benchmark, argv=None) -> dict:
                 f"{result['ece']:.4f}, mce {result['mce']:.4f}",
                 flush=True,
             )
-        every = {m: r for m, r in report["results"][setting].items()}
         plot_reliability(
             {m: {"ece": r["ece"], "mce": r["mce"], "counts": r["reliability_counts"]}
-             for m, r in every.items()},
+             for m, r in report["results"][setting].items()},
             args.out / f"{name}_reliability_{setting}.png",
             title=f"{bench.title} {setting}: reliability over {args.test_episodes} test episodes",
         )  # fmt: skip

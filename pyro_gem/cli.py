@@ -24,6 +24,9 @@ from pyro_gem.training import train
 
 __all__ = ["format_scores", "main"]
 
+#: Options a resumed run may change: they do not change what training does.
+EVALUATION_ONLY = ("meta_iterations", "test_tasks", "test_samples", "test_steps", "eval_steps")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyro-gem", description=__doc__.split("\n")[0])
@@ -141,7 +144,7 @@ def _train(args) -> int:
         changed = {
             k
             for k in DEFAULTS
-            if k not in ("meta_iterations", "test_tasks") and saved.get(k) != config.get(k)
+            if k not in EVALUATION_ONLY and saved.get(k, DEFAULTS[k]) != config.get(k)
         }
         if saved.get("settings", {}) != config["settings"]:
             changed.add("--set")

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end in their quick modes (numbers are not checked here)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args):
+def run(*args, env=None):
     done = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -188,10 +189,14 @@ def check_fewshot_report(report: dict, methods, setting="5w1s"):
 def test_omniglot_quick(tmp_path):
     methods = ("maml", "gem-bml+")
     argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--methods", *methods]
-    summary = run("benchmarks/omniglot.py", *argv)
+    env = {**os.environ, "PYRO_GEM_CACHE": str(tmp_path / "cache")}  # not the user's cache
+    summary = run("benchmarks/omniglot.py", *argv, env=env)
     report = json.loads((tmp_path / "omniglot_quick.json").read_text())
     check_fewshot_report(report, methods)
-    assert report["results"]["5w1s"]["maml"]["test_steps"] in (1, 3)  # chosen on validation
+    maml = report["results"]["5w1s"]["maml"]
+    by_steps = maml["validation_accuracy_by_steps"]  # MAML's 1 training step or its 3 at test
+    assert set(by_steps) == {"1", "3"}
+    assert maml["test_steps"] == int(max(sorted(by_steps, key=int), key=by_steps.get))
     assert "5w1s/gem-bml+/ece" in summary
     assert (tmp_path / "omniglot_quick_reliability_5w1s.png").is_file()
 
@@ -208,3 +213,22 @@ def test_miniimagenet_quick_on_a_generated_copy(tmp_path):
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "| 5w1s | gem-bml+ |" in table and "50.03" in table
+
+
+def test_a_fewshot_run_directory_of_other_options_is_not_resumed(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from fewshot import check_resumable
+    finally:
+        sys.path.pop(0)
+    from pyro_gem.config import resolve_config
+
+    config = resolve_config({}, {"meta_iterations": 10})
+    config["settings"] = {"ways": 5}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "history.json").write_text(json.dumps([{}] * 4))
+    check_resumable(tmp_path, {**config, "test_samples": 7})  # evaluation-only: resumable
+    with pytest.raises(SystemExit, match=r"other options \(\['inner_lr', 'settings'\]\)"):
+        check_resumable(tmp_path, {**config, "inner_lr": 9.0, "settings": {"ways": 20}})
+    with pytest.raises(SystemExit, match=r"more iterations \(4 > 3\)"):
+        check_resumable(tmp_path, {**config, "meta_iterations": 3})

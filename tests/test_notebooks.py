@@ -25,7 +25,7 @@ def test_notebook_saved_without_outputs(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     # A notebook lists the data it reads (paths from the repository root) in its metadata.
     root = Path(__file__).resolve().parents[1]
@@ -33,6 +33,7 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         if not (root / needed).exists():
             pytest.skip(f"{path.name} reads {needed}, which is not on this machine")
     monkeypatch.setenv("PYRO_GEM_SMOKE", "1")
+    monkeypatch.setenv("PYRO_GEM_CACHE", str(tmp_path / "cache"))  # not the user's cache
     monkeypatch.setenv("MPLBACKEND", "Agg")
     # The tensors are tiny: one thread is as fast, and far faster when other processes share
     # the cores (oversubscribed OpenMP threads slowed this test down several times over).

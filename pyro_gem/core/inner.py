@@ -221,8 +221,9 @@ class InnerVI:
     :param init_scale: where the guide's scale starts when no ``init`` is given, as a fraction
         of the prior's scale (``None``: at the prior's, q = p). A wide prior over a deep
         network's weights makes a guide started at it draw networks that fit nothing, so the
-        ELBO's gradients are noise; started narrow, VI fits the data first and widens the
-        posterior where the data allow (as Bayes by Backprop starts its scales small).
+        ELBO's gradients are noise; started narrow, VI can fit the data first (as Bayes by
+        Backprop starts its scales small), and widens the posterior only as fast as its
+        optimiser moves the scales.
     :param loss: an ELBO; defaults to :class:`~pyro_gem.core.elbo.MeanFieldELBO`, which computes
         :class:`~pyro.infer.TraceMeanField_ELBO` (analytic KL to the Gaussian prior, which makes
         the scale updates far less noisy) with less per-step overhead.

@@ -24,12 +24,14 @@ import torch
 
 from pyro_gem.evaluation.metrics import Metric, MetricError, Query
 
-__all__ = ["Accuracy", "CalibrationError", "PredictiveNLL", "predictive_probs", "reliability"]
+__all__ = ["Accuracy", "CalibrationError", "PredictiveNLL", "predictive_log_probs", "reliability"]
 
 
-def predictive_probs(query: Query, logits_site: str = "logits", metric: str = "") -> torch.Tensor:
-    """The posterior predictive class probabilities at the query inputs, ``(T, N, C)``: the mean
-    over the posterior draws of ``softmax`` of the model's ``logits_site``.
+def predictive_log_probs(
+    query: Query, logits_site: str = "logits", metric: str = ""
+) -> torch.Tensor:
+    """The log posterior predictive class probabilities at the query inputs, ``(T, N, C)``: the
+    log of the mean over the posterior draws of ``softmax`` of the model's ``logits_site``.
 
     Cached on the query, so the classification metrics share one computation.
 
@@ -45,8 +47,7 @@ def predictive_probs(query: Query, logits_site: str = "logits", metric: str = ""
                 f"pyro.deterministic({logits_site!r}, logits) to the model"
             )
         logits = sites[logits_site]  # (S, T, N, C)
-        log_probs = torch.logsumexp(logits.log_softmax(-1), 0) - math.log(logits.shape[0])
-        cache[logits_site] = log_probs.exp()
+        cache[logits_site] = torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(logits))
     return cache[logits_site]
 
 
@@ -57,40 +58,40 @@ def _labels(query: Query, num_classes: int) -> torch.Tensor:
     return labels
 
 
-class Accuracy(Metric):
-    """The share of each task's query points whose most probable class is the label.
+class _ClassMetric(Metric):
+    """A metric of the predictive class probabilities and the query labels.
 
     :param logits_site: the model's deterministic site holding the class logits.
     """
+
+    def __init__(self, logits_site: str = "logits"):
+        self.logits_site = logits_site
+
+    def log_probs_and_labels(self, query: Query) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log posterior predictive probabilities ``(T, N, C)`` and the labels ``(T, N)``."""
+        log_probs = predictive_log_probs(query, self.logits_site, self.name)
+        return log_probs, _labels(query, log_probs.shape[-1])
+
+
+class Accuracy(_ClassMetric):
+    """The share of each task's query points whose most probable class is the label."""
 
     name = "accuracy"
 
-    def __init__(self, logits_site: str = "logits"):
-        self.logits_site = logits_site
-
     def __call__(self, query: Query) -> torch.Tensor:
-        probs = predictive_probs(query, self.logits_site, self.name)
-        labels = _labels(query, probs.shape[-1])
-        return (probs.argmax(-1) == labels).float().flatten(1).mean(1)
+        log_probs, labels = self.log_probs_and_labels(query)
+        return (log_probs.argmax(-1) == labels).float().flatten(1).mean(1)
 
 
-class PredictiveNLL(Metric):
+class PredictiveNLL(_ClassMetric):
     """The negative log posterior predictive probability of each query label, averaged over a
-    task's query points (nats per point): −log mean_s p(y | x, θ_s).
-
-    :param logits_site: the model's deterministic site holding the class logits.
-    """
+    task's query points (nats per point): −log mean_s p(y | x, θ_s)."""
 
     name = "nll"
 
-    def __init__(self, logits_site: str = "logits"):
-        self.logits_site = logits_site
-
     def __call__(self, query: Query) -> torch.Tensor:
-        probs = predictive_probs(query, self.logits_site, self.name)
-        labels = _labels(query, probs.shape[-1])
-        p = probs.gather(-1, labels[..., None]).squeeze(-1)
-        return -p.clamp_min(torch.finfo(p.dtype).tiny).log().flatten(1).mean(1)
+        log_probs, labels = self.log_probs_and_labels(query)
+        return -log_probs.gather(-1, labels[..., None]).squeeze(-1).flatten(1).mean(1)
 
 
 def reliability(counts: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -110,7 +111,7 @@ def reliability(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-class CalibrationError(Metric):
+class CalibrationError(_ClassMetric):
     """Expected and maximum calibration error (ECE, MCE) of the top-class confidence, with
     ``bins`` equal-width confidence bins over (0, 1], pooled over every query prediction.
 
@@ -128,12 +129,13 @@ class CalibrationError(Metric):
     def __init__(self, bins: int = 15, logits_site: str = "logits"):
         if int(bins) != bins or bins < 1:
             raise ValueError(f"bins must be a positive integer, got {bins!r}")
-        self.bins, self.logits_site = int(bins), logits_site
+        super().__init__(logits_site)
+        self.bins = int(bins)
 
     def __call__(self, query: Query) -> torch.Tensor:
-        probs = predictive_probs(query, self.logits_site, self.name)
-        labels = _labels(query, probs.shape[-1])
-        confidence, predicted = probs.max(-1)
+        log_probs, labels = self.log_probs_and_labels(query)
+        confidence, predicted = log_probs.max(-1)
+        confidence = confidence.exp()
         confidence = confidence.double().flatten(1)
         correct = (predicted == labels).double().flatten(1)
         # Bin b holds confidences in (b/B, (b+1)/B] (Guo et al., 2017); torchmetrics puts a

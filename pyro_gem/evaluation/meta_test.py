@@ -19,16 +19,12 @@ from collections.abc import Sequence
 import torch
 
 from pyro_gem.core.batch import TaskBatch
-from pyro_gem.evaluation.metrics import LogPredictiveDensity, Metric, Query
+from pyro_gem.evaluation.metrics import CHUNK_ELEMENTS, LogPredictiveDensity, Metric, Query
 
 __all__ = ["meta_test", "score_metrics", "task_scores"]
 
 #: Keys of a meta-test's results that are not metrics.
 RESERVED = ("num_tasks", "diverged", "steps")
-
-#: Query-data elements adapted and scored at once by default: 200 sinusoid tasks, 71 episodes of
-#: 5-way Omniglot with 15 query images per class, 2 of miniImageNet.
-CHUNK_ELEMENTS = 2**22
 
 
 def score_metrics(metrics: Sequence[Metric] = ()) -> tuple[Metric, ...]:

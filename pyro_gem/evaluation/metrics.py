@@ -44,6 +44,12 @@ __all__ = [
 ]
 
 
+#: Query-data elements evaluated at once by default (the meta-test's chunks and a Query's model
+#: runs): 200 sinusoid tasks, 71 episodes of 5-way Omniglot with 15 query images per class, 2 of
+#: miniImageNet.
+CHUNK_ELEMENTS = 2**22
+
+
 class MetricError(ValueError):
     """A metric cannot score this model (e.g. it needs an observation site the model lacks)."""
 
@@ -69,7 +75,8 @@ class Query:
     :param generator: the random stream of the weight draws; the predictive samples of
         :meth:`predictive` come from torch's global stream, as :meth:`Posterior.predict` draws.
     :param max_elements: input elements per model run when evaluating the draws: the draws are
-        evaluated in runs of as many copies of the T tasks' query data as fit (bounds memory).
+        evaluated in runs of as many copies of the T tasks' query data as fit (bounds memory;
+        default :data:`CHUNK_ELEMENTS`).
     """
 
     def __init__(
@@ -78,14 +85,14 @@ class Query:
         args: Sequence[torch.Tensor],
         num_samples: int = 100,
         generator: torch.Generator | None = None,
-        max_elements: int = 2**22,
+        max_elements: int | None = None,
     ):
         self.posterior = posterior
         self.args = tuple(args)
         self.inputs, self.target = self.args[:-1], self.args[-1]
         self.num_samples = num_samples
         self.generator = generator
-        self.max_elements = max_elements
+        self.max_elements = CHUNK_ELEMENTS if max_elements is None else max_elements
         tasks_model = posterior.tasks_model
         self._loglik = TaskLogLikelihood(
             tasks_model.model, posterior.site, self.args, tasks_model.nesting

@@ -50,6 +50,6 @@ class TaskFamily:
         return self.sample(num_tasks, gen)
 
     def validation_tasks(self, num_tasks: int = 100, seed: int | None = None) -> TaskBatch:
-        """The held-out tasks of the curve during training: by default the first of
-        :meth:`test_tasks`; a family with a validation split of its own draws them there."""
+        """The held-out tasks of the curve during training: by default :meth:`test_tasks`
+        (drawn with the test seed); a family with a validation split of its own draws there."""
         return self.test_tasks(num_tasks, seed)

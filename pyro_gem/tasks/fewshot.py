@@ -52,8 +52,8 @@ class ImageClasses:
         self.counts = torch.as_tensor(self.counts, dtype=torch.long)
         if len(self.names) != len(self.counts) or int(self.counts.sum()) != len(self.images):
             raise ValueError(
-                f"{len(self.names)} class names and counts summing to {int(self.counts.sum())} "
-                f"do not describe {len(self.names)} classes of {len(self.images)} images"
+                f"{len(self.names)} class names and {len(self.counts)} counts summing to "
+                f"{int(self.counts.sum())} do not describe {len(self.images)} images"
             )
         self.offsets = torch.cumsum(self.counts, 0) - self.counts
 
@@ -72,11 +72,6 @@ class ImageClasses:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
-
-    def select(self, classes: Sequence[int]) -> ImageClasses:
-        """A split holding only the classes at ``classes``."""
-        groups = [self.images[self.offsets[c] : self.offsets[c] + self.counts[c]] for c in classes]
-        return ImageClasses.from_groups(groups, [self.names[c] for c in classes])
 
 
 def _draw_indices(

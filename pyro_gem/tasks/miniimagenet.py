@@ -10,7 +10,7 @@ Reads either format people have:
 
 Images are held as one uint8 tensor per split, RGB ``(3, 84, 84)``, and standardised per channel
 by :data:`MEAN` and :data:`STD` when an episode is assembled. A CSV copy is decoded once and
-cached (see :func:`~pyro_gem.tasks.omniglot.cache_directory`). Nothing is downloaded.
+cached (see :mod:`pyro_gem.tasks.cache`). Nothing is downloaded.
 :func:`write_fixture` writes a small synthetic copy in either format (the tests and
 ``benchmarks/miniimagenet.py --quick`` use it; no real miniImageNet is on these machines).
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_gem.tasks.cache import cache_directory, fingerprint, save_atomically
 from pyro_gem.tasks.fewshot import FewShotClassification, ImageClasses
-from pyro_gem.tasks.omniglot import _fingerprint, cache_directory
 
 __all__ = ["MEAN", "STD", "miniimagenet", "read_miniimagenet", "write_fixture"]
 
@@ -82,7 +82,7 @@ def _read_csv(table: Path, images_dir: Path, cache: Path) -> ImageClasses:
         raise FileNotFoundError(
             f"{len(missing)} images named in {table} are missing: {missing[:3]}"
         )
-    stamp = _fingerprint([table, images_dir], SIZE)
+    stamp = fingerprint([table, *files], "miniimagenet", SIZE)
     processed = cache / "miniimagenet" / f"{table.stem}-{stamp}.pt"
     if processed.is_file():
         saved = torch.load(processed, weights_only=True)
@@ -101,10 +101,9 @@ def _read_csv(table: Path, images_dir: Path, cache: Path) -> ImageClasses:
                 arrays.append(np.asarray(im, dtype=np.uint8))
         groups.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
     split = ImageClasses.from_groups(groups, names)
-    processed.parent.mkdir(parents=True, exist_ok=True)
-    tmp = processed.with_suffix(".tmp")
-    torch.save({"images": split.images, "counts": split.counts, "names": split.names}, tmp)
-    tmp.replace(processed)
+    save_atomically(
+        {"images": split.images, "counts": split.counts, "names": split.names}, processed
+    )
     return split
 
 

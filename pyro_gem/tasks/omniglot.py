@@ -8,8 +8,9 @@ Reads the layout torchvision's ``Omniglot`` writes, ``omniglot-py/images_backgro
 is downloaded.
 
 Images are resized to 28×28 (Lanczos, as MAML) with the strokes bright on a dark background, and
-every character gives four classes, its rotations by 0/90/180/270° (as MAML and Santoro et al.,
-2016). All images are held once in memory as one uint8 tensor.
+every character gives four classes, its rotations by 0/90/180/270° (Santoro et al.,
+2016; Vinyals et al., 2016; MAML instead rotates each sampled class by a random multiple of 90°
+per episode). All images are held once in memory as one uint8 tensor.
 
 Splits of the characters into meta-train / validation / test:
 
@@ -30,8 +31,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -40,14 +39,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_gem.tasks.cache import cache_directory, fingerprint, save_atomically
 from pyro_gem.tasks.fewshot import FewShotClassification, ImageClasses
 
-__all__ = ["MINIMAL_SPLIT", "cache_directory", "omniglot", "omniglot_splits", "read_omniglot"]
+__all__ = ["MINIMAL_SPLIT", "omniglot", "omniglot_splits", "read_omniglot"]
 
 #: The alphabets held out of meta-training on the minimal subsets (the rest, 163 characters of
 #: Balinese, Greek, Japanese (katakana), Latin and Sanskrit, are meta-train): 22 + 57 characters,
 #: about MAML's 6% / 26% of the full set's.
 MINIMAL_SPLIT = {"validation": ["Early_Aramaic"], "test": ["Korean", "Tagalog"]}
+
+#: The alphabets of the two minimal subsets together.
+MINIMAL_ALPHABETS = {
+    "Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit",
+    "Tagalog",
+}  # fmt: skip
 
 #: MAML's split of the full set: the shuffle's seed and the meta-train / validation counts.
 MAML_SEED, MAML_TRAIN, MAML_VALIDATION = 1, 1100, 100
@@ -58,23 +64,6 @@ LAYOUT = (
     "*.png (and images_evaluation), a folder of such image sets, or their zips "
     "(images_background.zip, images_background_small1.zip, ...)"
 )
-
-
-def cache_directory(cache_dir: str | Path | None = None) -> Path:
-    """Where unpacked and preprocessed data go: ``cache_dir``, else ``$PYRO_GEM_CACHE``, else
-    ``~/.cache/pyro_gem``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    return Path(os.environ.get("PYRO_GEM_CACHE", Path.home() / ".cache" / "pyro_gem"))
-
-
-def _fingerprint(paths: Sequence[Path], *extra) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(repr(extra).encode())
-    return h.hexdigest()[:16]
 
 
 def _image_sets(path: Path, cache: Path) -> list[Path]:
@@ -90,7 +79,7 @@ def _image_sets(path: Path, cache: Path) -> list[Path]:
         for z in sorted(root.glob("images_*.zip")):
             if z.stem in sets:
                 continue  # unpacked beside it already (as torchvision leaves it)
-            target = cache / "omniglot" / f"{z.stem}-{_fingerprint([z])}"
+            target = cache / "omniglot" / f"{z.stem}-{fingerprint([z])}"
             if not (target / ".complete").is_file():
                 target.mkdir(parents=True, exist_ok=True)
                 with zipfile.ZipFile(z) as archive:
@@ -117,8 +106,9 @@ def read_omniglot(
     """Every character's images, ``{"Alphabet/characterNN": uint8 (drawers, 1, S, S)}``, sorted.
 
     A character found in two image sets (the minimal subsets share Greek and Latin) is read
-    once. The result is cached in ``cache_dir`` (see :func:`cache_directory`), keyed by the
-    source files and ``image_size``.
+    once. The result is cached in ``cache_dir`` (see
+    :func:`~pyro_gem.tasks.cache.cache_directory`), keyed by every source file and
+    ``image_size``.
 
     :param path: a folder holding ``omniglot-py/``, the image sets or their zips.
     :param image_size: the side the images are resized to.
@@ -140,7 +130,7 @@ def read_omniglot(
     if not characters:
         raise FileNotFoundError(f"no Omniglot images under {path}: {LAYOUT}")
     keys = sorted(characters)
-    stamp = _fingerprint([characters[k][0].parent for k in keys], image_size, len(keys))
+    stamp = fingerprint((f for k in keys for f in characters[k]), "omniglot", image_size)
     processed = cache / "omniglot" / f"processed-{stamp}.pt"
     if processed.is_file():
         saved = torch.load(processed, weights_only=True)
@@ -149,10 +139,7 @@ def read_omniglot(
     for k in keys:
         arrays = np.stack([_load_png(f, image_size) for f in characters[k]])
         out[k] = torch.from_numpy(arrays)[:, None]
-    processed.parent.mkdir(parents=True, exist_ok=True)
-    tmp = processed.with_suffix(".tmp")
-    torch.save({"keys": keys, "images": [out[k] for k in keys]}, tmp)
-    tmp.replace(processed)
+    save_atomically({"keys": keys, "images": [out[k] for k in keys]}, processed)
     return out
 
 
@@ -172,7 +159,7 @@ def omniglot_splits(
     if split == "auto":
         if len(characters) >= FULL_SET_CHARACTERS:
             split = "maml"
-        elif all(a in alphabets for a in held):
+        elif all(a in alphabets for a in held) and set(alphabets) <= MINIMAL_ALPHABETS:
             split = "minimal"
         else:
             raise ValueError(
@@ -199,9 +186,15 @@ def omniglot_splits(
     missing = [a for names in held_out.values() for a in names if a not in alphabets]
     if missing:
         raise ValueError(f"split names alphabets the folder does not hold: {missing}")
+    both = sorted(set(held_out["validation"]) & set(held_out["test"]))
+    if both:
+        raise ValueError(f"alphabets {both} are in both the validation and the test split")
     out = {name: [c for c in characters if c.split("/")[0] in held_out[name]] for name in held_out}
     taken = set(out["validation"]) | set(out["test"])
     out["train"] = [c for c in characters if c not in taken]
+    empty = [name for name in ("train", "validation", "test") if not out[name]]
+    if empty:
+        raise ValueError(f"the split leaves {empty} without characters")
     return {"train": out["train"], "validation": out["validation"], "test": out["test"]}
 
 

@@ -9,7 +9,7 @@ from pyro_gem.evaluation.classification import (
     Accuracy,
     CalibrationError,
     PredictiveNLL,
-    predictive_probs,
+    predictive_log_probs,
 )
 from pyro_gem.evaluation.metrics import MetricError
 
@@ -22,7 +22,7 @@ def query_of(logits: torch.Tensor, labels: torch.Tensor):
 def test_predictive_probabilities_are_the_mean_over_draws_of_the_class_probabilities():
     logits = torch.randn(7, 3, 4, 5)  # S draws, T tasks, N points, C classes
     expected = logits.softmax(-1).mean(0)
-    got = predictive_probs(query_of(logits, torch.zeros(3, 4, dtype=torch.long)))
+    got = predictive_log_probs(query_of(logits, torch.zeros(3, 4, dtype=torch.long))).exp()
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -85,3 +85,10 @@ def test_a_model_without_a_logits_site_gets_an_error_naming_it():
         Accuracy()(q)
     with pytest.raises(ValueError, match="bins must be a positive integer"):
         CalibrationError(0)
+
+
+def test_the_nll_of_a_confidently_wrong_prediction_is_not_capped():
+    logits = torch.tensor([[[[0.0, -200.0]]]])  # p(label 1) = e^-200
+    assert PredictiveNLL()(query_of(logits, torch.tensor([[1]]))).item() == pytest.approx(
+        200, rel=1e-4
+    )

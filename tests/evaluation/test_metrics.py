@@ -190,3 +190,18 @@ def test_bad_metric_lists_are_refused():
         meta_test(learner, test, (0,), metrics=(SquaredError(), SquaredError()))
     with pytest.raises(ValueError, match="not a named Metric"):
         meta_test(learner, test, (0,), metrics=(lambda q: q.target,))
+
+
+def test_draws_evaluated_in_runs_of_a_few_copies_score_as_in_one_run():
+    """The memory bound splits the draws into several model runs; the numbers do not change."""
+    model, prior = small_sinusoid()
+    test = Sinusoid().test_tasks(5)
+    post = GEMBML(model, prior, inner=InnerVI(steps=2)).adapt(*test.support)
+    whole = Query(post, test.query, 12, torch.Generator().manual_seed(0))
+    runs = Query(post, test.query, 12, torch.Generator().manual_seed(0), max_elements=230)
+    calls = []
+    evaluate = runs._loglik.evaluate
+    runs._loglik.evaluate = lambda theta: calls.append(len(theta)) or evaluate(theta)
+    assert torch.allclose(whole.log_likelihood(), runs.log_likelihood())
+    assert torch.allclose(whole.sites()["mean"], runs.sites()["mean"])
+    assert calls == [2] * 6  # 5 tasks of 10 points, x and y: 100 elements a copy, 2 per run

@@ -34,9 +34,12 @@ def test_the_two_formats_hold_the_same_images(copies, tmp_path):
     assert (a.images.float() - b.images.float()).abs().mean() < 6
 
 
-def test_a_csv_copy_is_decoded_once_then_read_from_the_cache(copies, tmp_path):
+def test_a_csv_copy_is_decoded_once_then_read_from_the_cache(copies, tmp_path, monkeypatch):
     first = read_miniimagenet(copies["csv"], cache_dir=tmp_path)
     assert len(list((tmp_path / "miniimagenet").glob("*.pt"))) == 3
+    import PIL.Image
+
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: pytest.fail("decoded again"))
     again = read_miniimagenet(copies["csv"], cache_dir=tmp_path)
     assert torch.equal(first["train"].images, again["train"].images)
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pyro_gem.tasks import omniglot as omniglot_module
 from pyro_gem.tasks.omniglot import (
     FULL_SET_CHARACTERS,
+    MINIMAL_ALPHABETS,
     MINIMAL_SPLIT,
     omniglot,
     omniglot_splits,
@@ -39,7 +41,7 @@ def zip_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
-def test_reads_the_torchvision_layout_with_strokes_bright_at_28_pixels(tmp_path):
+def test_reads_the_torchvision_layout_with_strokes_bright_at_28_pixels(tmp_path, monkeypatch):
     root = tmp_path / "data" / "omniglot-py"
     write_set(root / "images_background", {"Alpha": 2, "Beta": 1})
     write_set(root / "images_evaluation", {"Gamma": 2}, seed=1)
@@ -51,8 +53,17 @@ def test_reads_the_torchvision_layout_with_strokes_bright_at_28_pixels(tmp_path)
     x = images["Alpha/character01"]
     assert x.shape == (20, 1, 28, 28) and x.dtype == torch.uint8
     assert x.float().mean() < 60  # mostly dark background, bright strokes
+    decoded = []
+    monkeypatch.setattr(omniglot_module, "_load_png", lambda *a: decoded.append(a) or None)
     again = read_omniglot(tmp_path / "data", cache_dir=tmp_path / "cache")  # from the cache
-    assert all(torch.equal(images[k], again[k]) for k in images)
+    assert not decoded and all(torch.equal(images[k], again[k]) for k in images)
+    # a replaced image makes the cached copy stale
+    png = root / "images_background" / "Beta" / "character01" / "0001_03.png"
+    Image.fromarray(np.zeros((105, 105), dtype=bool)).save(png)
+    monkeypatch.undo()
+    fresh = read_omniglot(tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert fresh["Beta/character01"][2].float().mean() > 200  # all strokes now
+    assert torch.equal(fresh["Alpha/character01"], images["Alpha/character01"])
 
 
 def test_zips_are_unpacked_into_the_cache_never_beside_them_and_shared_characters_read_once(
@@ -76,6 +87,7 @@ def test_zips_are_unpacked_into_the_cache_never_beside_them_and_shared_character
     assert sorted(images) == [
         "Greek/character01", "Greek/character02", "Korean/character01", "Tagalog/character01",
     ]  # fmt: skip
+    assert images["Greek/character01"].shape[0] == 20  # once, not both copies' drawers
     assert (tmp_path / "cache" / "omniglot").is_dir()
 
 
@@ -113,6 +125,18 @@ def test_alphabet_splits_hold_whole_alphabets_out_and_bad_splits_are_named():
         omniglot_splits(keys, {"validation": ["Z"], "test": ["C"]})
     with pytest.raises(ValueError, match="split 'maml' needs more than 1200 characters"):
         omniglot_splits(keys, "maml")
+    with pytest.raises(ValueError, match=r"alphabets \['B'\] are in both the validation and"):
+        omniglot_splits(keys, {"validation": ["B"], "test": ["B", "C"]})
+    with pytest.raises(ValueError, match=r"leaves \['train'\] without characters"):
+        omniglot_splits(keys, {"validation": ["A", "B"], "test": ["C", "D"]})
+
+
+def test_auto_takes_the_alphabet_split_only_for_the_minimal_subsets():
+    minimal = [f"{a}/character01" for a in MINIMAL_ALPHABETS]
+    assert omniglot_splits(minimal)["test"] == ["Korean/character01", "Tagalog/character01"]
+    background = minimal + [f"Other{i}/character01" for i in range(30)]  # e.g. images_background
+    with pytest.raises(ValueError, match="neither the full set nor the minimal subsets"):
+        omniglot_splits(background)
 
 
 def test_rotations_are_classes_of_their_own(tmp_path):
