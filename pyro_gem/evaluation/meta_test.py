@@ -123,11 +123,7 @@ def meta_test(
         learner, tasks, steps, metrics=chosen, num_samples=num_samples, chunk=chunk, seed=seed
     )
     finite = torch.stack(
-        [
-            v.flatten(1).isfinite().all(1) if v.dim() > 1 else v.isfinite()
-            for per_step in scores.values()
-            for v in per_step.values()
-        ]
+        [v.reshape(len(v), -1).isfinite().all(1) for per in scores.values() for v in per.values()]
     ).all(0)
     out: dict = {"steps": sorted(scores[chosen[0].name]), "num_tasks": len(tasks)}
     out["diverged"] = int((~finite).sum())
