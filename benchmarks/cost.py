@@ -85,9 +85,11 @@ def worker(
     query: int,
     mem_limit_gib: float,
     query_steps: int | None = None,
+    device: str = "cpu",
 ) -> dict:
-    limit = int(mem_limit_gib * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if device == "cpu":  # CUDA reserves far more address space than it uses: no limit there
+        limit = int(mem_limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import torch
 
     from pyro_gem.config import build_learner, resolve_config
@@ -109,20 +111,29 @@ def worker(
 
     # Warm-up: one meta-iteration of a one-step learner pays the first-call costs (tracing,
     # lazy initialisation, the allocator) so that the timed iteration measures the method alone.
-    warm = build_learner(mf, {**config, "inner_steps": 1, "query_steps": None})
-    learner = build_learner(mf, config)
-    batches = [make_batch(), make_batch()]
-    baseline = _peak_rss_mib()
+    warm = build_learner(mf, {**config, "inner_steps": 1, "query_steps": None}, device)
+    learner = build_learner(mf, config, device)
+    batches = [make_batch().to(device), make_batch().to(device)]
+    cuda = torch.device(device).type == "cuda"
+
+    def peak_mib() -> float:  # on a GPU its memory, on the CPU the process's resident set
+        return torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mib()
+
+    baseline = torch.cuda.memory_allocated(device) / 2**20 if cuda else _peak_rss_mib()
     try:
         warm.step(batches[0])
+        if cuda:
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         learner.step(batches[1])
+        if cuda:
+            torch.cuda.synchronize(device)
     except (MemoryError, RuntimeError) as err:
         if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
             raise
         return {"seconds": None, "peak_mib": None, "error": f"out of memory ({mem_limit_gib} GiB)"}
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_mib": _peak_rss_mib() - baseline}
+    return {"seconds": seconds, "peak_mib": peak_mib() - baseline}
 
 
 def measure(
@@ -133,9 +144,11 @@ def measure(
     query: int,
     mem_limit: float,
     query_steps: int | None = None,
+    device: str = "cpu",
 ) -> dict:
     cmd = [sys.executable, __file__, "--worker", model_name, method]
     cmd += [str(steps), str(meta_batch), str(query), str(mem_limit), str(query_steps or 0)]
+    cmd += [device]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{model_name}/{method}/{steps}: {done.stderr[-2000:]}")
@@ -269,18 +282,37 @@ def main(argv=None) -> dict:
         "--worker",
         nargs="+",
         metavar="ARG",
-        help="internal: MODEL METHOD STEPS BATCH QUERY GIB [QUERY_STEPS]",
+        help="internal: MODEL METHOD STEPS BATCH QUERY GIB [QUERY_STEPS [DEVICE]]",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the learners run (e.g. cuda): results go to cost_<device>.json",
     )
     args = p.parse_args(argv)
     if args.worker:
-        model_name, method, steps, batch, query, gib, q_steps = (*args.worker, "0")[:7]
+        model_name, method, steps, batch, query, gib, q_steps, device = (
+            *args.worker,
+            "0",
+            "cpu",
+        )[:8]
         result = worker(
-            model_name, method, int(steps), int(batch), int(query), float(gib), int(q_steps) or None
+            model_name,
+            method,
+            int(steps),
+            int(batch),
+            int(query),
+            float(gib),
+            int(q_steps) or None,
+            device,
         )
         print(json.dumps(result))
         return result
+    name = "cost_quick" if args.quick else "cost"
+    if args.device != "cpu":  # a GPU's figures beside, not over, this machine's
+        name += "_" + args.device.replace(":", "")
     if args.table:
-        results = json.loads((args.out / "cost.json").read_text())
+        results = json.loads((args.out / f"{name}.json").read_text())
         print(markdown_tables(results))
         summary = summarize(results)
         print(json.dumps(summary))
@@ -296,7 +328,6 @@ def main(argv=None) -> dict:
         full = {"mlp": (methods, steps, 25, 10), "conv4": (methods, steps, 2, 15)}
         plan = {k: full[k] for k in args.models}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "cost_quick" if args.quick else "cost"
     path = args.out / f"{name}.json"
     # A full run updates cost.json entry by entry and keeps what it does not measure, so it can
     # be done in parts (e.g. ``--models conv4 --methods maml``) and partial results survive.
@@ -305,7 +336,14 @@ def main(argv=None) -> dict:
         for method in methods:
             for steps in steps_list:
                 r = measure(
-                    model_name, method, steps, batch, query, args.mem_limit, args.query_steps
+                    model_name,
+                    method,
+                    steps,
+                    batch,
+                    query,
+                    args.mem_limit,
+                    args.query_steps,
+                    args.device,
                 )
                 key = f"{method}/query={args.query_steps}" if args.query_steps else method
                 results.setdefault(model_name, {}).setdefault(key, {})[str(steps)] = r

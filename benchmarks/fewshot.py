@@ -60,6 +60,13 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"cpu, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def sampler_rate(tasks, meta_batch: int, repeats: int = 20) -> float:
     """Episodes per second of the task family's sampler, assembling meta-batches."""
     gen = torch.Generator().manual_seed(0)
@@ -81,6 +88,8 @@ def run_one(bench: Benchmark, setting: str, method: str, args) -> tuple[dict, di
     # Seeded before the file runs: every method starts from the same network weights.
     mf = load_seeded(args.model_file, args.seed, given)
     overrides = {"method": method, "seed": args.seed, "test_tasks": args.test_episodes}
+    if args.test_samples is not None:
+        overrides["test_samples"] = args.test_samples
     if args.full:
         overrides["meta_iterations"] = bench.full_iterations
     else:
@@ -88,7 +97,7 @@ def run_one(bench: Benchmark, setting: str, method: str, args) -> tuple[dict, di
         overrides["meta_batch"] = args.meta_batch
     config = resolve_config(mf.config, overrides)
     config["settings"] = mf.settings
-    learner = build_learner(mf, config)
+    learner = build_learner(mf, config, args.device)
     run_dir = args.out / f"{bench.output(args)}_runs" / setting / method
     check_resumable(run_dir, config)
     history = train(
@@ -130,9 +139,11 @@ def run_one(bench: Benchmark, setting: str, method: str, args) -> tuple[dict, di
         # one point, BMAML's its particles.
         "posterior": METHOD_TABLE[method].posterior,
         "test_samples": config["test_samples"],
+        "test_episodes": config["test_tasks"],
         "diverged": scores["diverged"],
         "meta_iterations": len(history),
         "meta_batch": config["meta_batch"],
+        "device": _device_name(learner.device),
         "seconds_per_iteration": seconds,
         "sampler_episodes_per_second": episodes_per_second,
         "sampling_share_of_iteration": sampling / seconds if timed else None,
@@ -203,17 +214,23 @@ def choose_test_steps(learner, tasks, config: dict, args) -> tuple[int, dict]:
 def markdown_table(bench: Benchmark, report: dict) -> str:
     """Accuracy ± 95% CI, NLL, ECE and MCE per setting and method, with the paper's figure."""
     lines = [
-        "| setting | method | accuracy (%) | NLL | ECE | MCE | paper (full data, %) |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | method | accuracy (%) | NLL | ECE | MCE | budget | paper (full data, %) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for setting, per_method in report["results"].items():
         column = list(bench.settings).index(setting)
         for method, r in per_method.items():
             mean, ci = (100 * v for v in r["accuracy"])
             paper = bench.paper.get(method)
+            # meta-iterations × episodes; test episodes; posterior draws where there are several
+            draws = "" if r["posterior"] == "delta" else f", {r['test_samples']} draws"
+            budget = (
+                f"{r['meta_iterations']} × {r['meta_batch']}, "
+                f"{r.get('test_episodes', 600)} test{draws}"
+            )
             lines.append(
                 f"| {setting} | {method} | {mean:.2f} ± {ci:.2f} | {r['nll']:.3f} | "
-                f"{r['ece']:.4f} | {r['mce']:.4f} | {paper[column] if paper else ''} |"
+                f"{r['ece']:.4f} | {r['mce']:.4f} | {budget} | {paper[column] if paper else ''} |"
             )
     return "\n".join(lines)
 
@@ -231,12 +248,16 @@ def main(bench: Benchmark, argv=None) -> dict:
     p.add_argument("--meta-batch", type=int, default=8)
     p.add_argument("--query", type=int, help="query images per class (the model file's default)")
     p.add_argument("--test-episodes", type=int, default=600)
+    p.add_argument(
+        "--test-samples", type=int, help="posterior draws per test episode (the model file's)"
+    )
     p.add_argument("--bins", type=int, default=15, help="confidence bins of ECE and MCE")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-tasks", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="where the learners run, e.g. cuda")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--table", action="store_true", help=f"print {bench.name}.json as Markdown")
@@ -261,12 +282,10 @@ def main(bench: Benchmark, argv=None) -> dict:
     report["settings"] = {
         "data": _shown(args.data) if args.data else bench.default_data,
         "model_file": _shown(args.model_file),
-        "meta_iterations": bench.full_iterations if args.full else args.meta_iterations,
-        "meta_batch": "the model file's (MAML's)" if args.full else args.meta_batch,
-        "test_episodes": args.test_episodes,
         "calibration_bins": args.bins,
         "seed": args.seed,
-        "device": f"cpu ({torch.get_num_threads()} threads)",
+        # Each result records its own budget and device: meta_iterations, meta_batch,
+        # test_episodes, test_samples, device.
     }
     summary = {}
     for setting in args.settings:
@@ -288,7 +307,7 @@ def main(bench: Benchmark, argv=None) -> dict:
             {m: {"ece": r["ece"], "mce": r["mce"], "counts": r["reliability_counts"]}
              for m, r in report["results"][setting].items()},
             args.out / f"{name}_reliability_{setting}.png",
-            title=f"{bench.title} {setting}: reliability over {args.test_episodes} test episodes",
+            title=f"{bench.title} {setting}: reliability on its test episodes",
         )  # fmt: skip
     print(json.dumps(summary))
     return summary

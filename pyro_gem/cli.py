@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--test-tasks", type=int, help="held-out tasks in the final meta-test")
     t.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory")
+    t.add_argument(
+        "--device",
+        help="where the learner runs, e.g. cuda or cuda:1 (default: cpu); a run resumes and "
+        "loads on any device",
+    )
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     e = sub.add_parser("evaluate", help="meta-test a checkpoint on held-out tasks")
@@ -84,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--inner-lr", type=float, help="adapt with this inner step instead")
     e.add_argument("--inner-lr-decay", type=float, help="adapt with this step decay instead")
     e.add_argument("--out", type=Path, help="where the results go (default: run_dir)")
+    e.add_argument(
+        "--device",
+        help="where the learner runs, e.g. cuda or cuda:1 (default: cpu); a run resumes and "
+        "loads on any device",
+    )
     return p
 
 
@@ -153,7 +163,7 @@ def _train(args) -> int:
                 f"--resume: options {sorted(changed)} differ from the checkpoint's; resuming "
                 "continues the same run, so they must match"
             )
-    learner = build_learner(mf, config)
+    learner = build_learner(mf, config, args.device)
     history = train(
         learner,
         mf.tasks,
@@ -178,7 +188,9 @@ def _evaluate(args) -> int:
     # posterior that the prior was meta-learned for. A flag left out keeps the run's setting.
     overrides = {key: getattr(args, key) for key in ("inner_optim", "inner_lr", "inner_lr_decay")}
     overrides.update(test_tasks=args.test_tasks, eval_steps=args.steps)
-    run = load_run(args.run_dir, model_file=args.model_file, overrides=overrides)
+    run = load_run(
+        args.run_dir, model_file=args.model_file, overrides=overrides, device=args.device
+    )
     print(f"{run.config['method']} after {run.iteration} meta-iterations")
     out = args.run_dir if args.out is None else args.out
     out.mkdir(parents=True, exist_ok=True)

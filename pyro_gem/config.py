@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from pyro_gem.methods.base import MetaLearner
 from pyro_gem.methods.registry import build
 from pyro_gem.modelfile import ModelFile, load_model_file
@@ -57,12 +59,21 @@ def resolve_config(file_config: dict, overrides: dict | None = None) -> dict:
     return config
 
 
-def build_learner(model_file: ModelFile, config: dict) -> MetaLearner:
+def build_learner(
+    model_file: ModelFile, config: dict, device: torch.device | str | None = None
+) -> MetaLearner:
     """The learner a run's options describe, over the model file's model and prior.
 
     :param model_file: the loaded model file (its ``model`` and ``prior``).
     :param config: the run's resolved options (``method`` and the method's settings).
+    :param device: where the prior (and so the learner) lives, e.g. ``"cuda"``; the prior's own
+        device if omitted. Training and meta-testing move each batch of tasks there.
     """
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA device is available here")
+        model_file.prior.to(device)  # before the optimisers take its parameters
     return build(config["method"], model_file.model, model_file.prior, config)
 
 

@@ -86,7 +86,11 @@ class Run:
         :param record: steps whose intermediate posteriors to keep in ``posterior.history``.
         """
         self._check(support)
-        return self.learner.adapt(*support, steps=steps, record=record)
+        return self.learner.adapt(*self._on_device(support), steps=steps, record=record)
+
+    def _on_device(self, args: Sequence) -> tuple:
+        """A user's tensors on the learner's device (a run loaded with ``device="cuda"``)."""
+        return tuple(a.to(self.learner.device) if torch.is_tensor(a) else a for a in args)
 
     def _check(self, args: Sequence) -> None:
         """The task family's own check of a user's data (e.g. image sizes, label ranges)."""
@@ -108,7 +112,8 @@ class Run:
         :returns: ``{site: (num_samples, T, ...)}``, as :meth:`Posterior.predict` lays them out.
         """
         self._check(inputs)
-        return self.adapt(*support, steps=steps).predict(*inputs, num_samples=num_samples)
+        posterior = self.adapt(*support, steps=steps)
+        return posterior.predict(*self._on_device(inputs), num_samples=num_samples)
 
     def meta_test(
         self,
@@ -133,7 +138,10 @@ class Run:
 
 
 def load_run(
-    path: str | Path, model_file: str | Path | None = None, overrides: dict | None = None
+    path: str | Path,
+    model_file: str | Path | None = None,
+    overrides: dict | None = None,
+    device: torch.device | str | None = None,
 ) -> Run:
     """Load a run directory written by ``pyro-gem train`` (or :func:`~pyro_gem.training.train`
     with a ``config`` naming its model file).
@@ -143,6 +151,8 @@ def load_run(
         was trained on (its path is in ``config.json``).
     :param overrides: options that replace the run's own (``None`` values are ignored), e.g.
         ``{"inner_lr": 0.01}`` to adapt with another step than training's.
+    :param device: where the learner lives (e.g. ``"cuda"``), whichever device trained it; the
+        CPU by default.
     :raises FileNotFoundError: if the directory, its files or its model file are missing.
     :raises ValueError: for a run directory of another layout, a config that names no model
         file, or a model file whose prior does not fit the checkpoint.
@@ -185,7 +195,7 @@ def load_run(
         )
     mf = load_seeded(model_path, config["seed"], config.get("settings"))
     config = resolve_config(config, overrides)
-    learner = build_learner(mf, config)
+    learner = build_learner(mf, config, device)
     saved = state["learner"]["prior"]["loc"].shape
     if saved != mf.prior.loc.shape:
         raise ValueError(

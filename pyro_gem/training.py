@@ -65,6 +65,8 @@ def save_checkpoint(
         "task_rng": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
     tmp = out / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / CHECKPOINT)
@@ -78,7 +80,8 @@ def load_checkpoint(out_dir: str | Path) -> tuple[dict, dict, list[dict]]:
     out = Path(out_dir)
     if not (out / CHECKPOINT).is_file():
         raise FileNotFoundError(f"no {CHECKPOINT} in {out}")
-    state = torch.load(out / CHECKPOINT, weights_only=True)
+    # Onto the CPU whatever device wrote it: load_state_dict copies onto the learner's device.
+    state = torch.load(out / CHECKPOINT, weights_only=True, map_location="cpu")
     config = json.loads((out / "config.json").read_text())
     history_file = out / "history.json"
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
@@ -154,6 +157,8 @@ def train(
         learner.load_state_dict(state["learner"])
         generator.set_state(state["task_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         start = int(state["iteration"])
         history = history[:start]
     for group in learner.meta_optim.param_groups:
@@ -183,7 +188,8 @@ def train(
         with warnings.catch_warnings():
             # Diverged tasks are counted in the progress bar and kept in the history instead.
             warnings.filterwarnings("ignore", message="inner loop diverged")
-            stats = learner.step(tasks.sample(meta_batch, generator))
+            # Tasks are drawn on the CPU (one stream, whatever the device) and moved.
+            stats = learner.step(tasks.sample(meta_batch, generator).to(learner.device))
         stats["seconds"] = time.perf_counter() - tick
         diverged += len(stats.get("nan_tasks", ()))
         stats["iteration"] = it + 1

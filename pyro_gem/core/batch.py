@@ -98,6 +98,22 @@ class TaskBatch:
         """Support and query concatenated along the points dimension (D_tr ∪ D_val)."""
         return tuple(torch.cat([s, q], dim=1) for s, q in zip(self.support, self.query))
 
+    def to(self, device: torch.device | str) -> TaskBatch:
+        """The same tasks with every tensor on ``device`` (``self`` where they already are)."""
+        device = torch.device(device)
+        tensors = [*self.support, *self.query, *self.info.values()]
+        if all(not torch.is_tensor(a) or a.device == device for a in tensors):
+            return self
+
+        def move(a):
+            return a.to(device) if torch.is_tensor(a) else a
+
+        return TaskBatch(
+            tuple(map(move, self.support)),
+            tuple(map(move, self.query)),
+            {k: move(v) for k, v in self.info.items()},
+        )
+
     def select(self, index: torch.Tensor | slice) -> TaskBatch:
         """The tasks at ``index``."""
         return TaskBatch(

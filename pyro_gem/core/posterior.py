@@ -88,9 +88,11 @@ class Posterior:
         if self.scale is None:
             draws = self.loc[None]
         else:
+            # The generator may live on another device (a CPU stream for CUDA weights).
+            on = self.loc.device if generator is None else generator.device
             noise = torch.randn(
-                (num_samples, *self.loc.shape), generator=generator, dtype=self.loc.dtype
-            )
+                (num_samples, *self.loc.shape), generator=generator, dtype=self.loc.dtype, device=on
+            ).to(self.loc.device)
             draws = self.loc + self.scale * noise
         return torch.where(self.finite[:, None], draws, torch.nan)
 

@@ -72,6 +72,11 @@ class GaussianPrior(nn.Module):
         self.loc = nn.Parameter(loc.detach().clone())
         self.log_scale = nn.Parameter(scale.log().expand(d).clone())
 
+    def _apply(self, fn, recurse: bool = True):
+        # ``.to(device)`` moves the functional network's module too (buffers of user layers).
+        self.net.module._apply(fn)
+        return super()._apply(fn, recurse)
+
     @property
     def num_weights(self) -> int:
         return self.net.num_weights

@@ -75,6 +75,7 @@ def task_scores(
         raise ValueError(f"steps must be non-negative inner-step counts, got {steps}")
     chosen = score_metrics(metrics)
     generator = torch.Generator().manual_seed(seed)
+    device = getattr(learner, "device", None)
     scores: dict[str, dict[int, list[torch.Tensor]]] = {m.name: {} for m in chosen}
     if chunk is None:
         one = tasks.select(slice(0, 1)).query
@@ -82,6 +83,8 @@ def task_scores(
         chunk = min(200, max(1, CHUNK_ELEMENTS // max(per_task, 1)))
     for start in range(0, len(tasks), chunk):
         part = tasks.select(slice(start, start + chunk))
+        if device is not None:
+            part = part.to(device)
         post = learner.adapt(*part.support, steps=max(steps), record=steps)
         for s in steps:
             query = Query(post.history[s], part.query, num_samples, generator)

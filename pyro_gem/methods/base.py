@@ -62,6 +62,11 @@ class MetaLearner:
         return self._nesting
 
     @property
+    def device(self) -> torch.device:
+        """Where the learner's parameters live: tasks are moved there to be learned from."""
+        return self.meta_optim.param_groups[0]["params"][0].device
+
+    @property
     def adapt_steps(self) -> int:
         """The inner steps :meth:`adapt` takes unless told otherwise."""
         return self.inner.steps
