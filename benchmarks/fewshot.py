@@ -292,6 +292,9 @@ def main(bench: Benchmark, argv=None) -> dict:
         calibrations = {}
         for method in args.methods:
             result, calibration = run_one(bench, setting, method, args)
+            # Re-read first: another process may have written other methods or settings since.
+            if path.is_file():
+                report["results"] = json.loads(path.read_text())["results"]
             report["results"].setdefault(setting, {})[method] = result
             calibrations[method] = calibration
             path.write_text(json.dumps(report, indent=1))

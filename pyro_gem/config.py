@@ -34,7 +34,7 @@ DEFAULTS = {
     "inner_steps": 20,
     "query_steps": None,
     "guide": "normal",
-    "guide_init_scale": None,  # GEM-BML(+): the guide starts at this fraction of the prior scale
+    "guide_init_scale": None,  # VI methods: the guide starts at this fraction of the prior scale
     "update": "sequential",
     "num_particles": 1,
     "reg": 1.0,

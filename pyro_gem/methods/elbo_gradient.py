@@ -64,6 +64,8 @@ class _UnrolledGaussianLearner(MetaLearner):
     :param query_steps: steps of the KL-chaser's second run (on D_val); defaults to
         ``inner_steps``.
     :param num_particles: Monte Carlo draws per ELBO estimate.
+    :param init_scale: the posterior's starting scale as a fraction of the prior's (``None``:
+        the prior's), in the unrolled fit and in :meth:`adapt` alike.
     """
 
     name = "unrolled"
@@ -78,9 +80,10 @@ class _UnrolledGaussianLearner(MetaLearner):
         inner_steps: int = 5,
         query_steps: int | None = None,
         num_particles: int = 1,
+        init_scale: float | None = None,
     ):
         super().__init__(model, prior, meta_optim, lambda p: list(p.parameters()))
-        self.unrolled = UnrolledVI(inner_lr, inner_steps, num_particles)
+        self.unrolled = UnrolledVI(inner_lr, inner_steps, num_particles, init_scale)
         self.query_steps = inner_steps if query_steps is None else int(query_steps)
         # adapt(): the same algorithm through Pyro SVI.
         self.inner = InnerVI(
@@ -88,6 +91,7 @@ class _UnrolledGaussianLearner(MetaLearner):
             optim=pyro.optim.SGD({"lr": float(inner_lr)}),
             steps=inner_steps,
             num_particles=num_particles,
+            init_scale=init_scale,
         )
 
     def fit_support(self, batch: TaskBatch) -> Gaussian:

@@ -107,6 +107,7 @@ def _unrolled(cls, **fixed):
             inner_steps=config["inner_steps"],
             query_steps=config["query_steps"],
             num_particles=config["num_particles"],
+            init_scale=config.get("guide_init_scale"),
             **fixed,
         )
 

@@ -71,9 +71,14 @@ class UnrolledVI:
     :param lr: the SGD step size (on AutoNormal's whitened loc and unconstrained scale).
     :param steps: the number of steps.
     :param num_particles: Monte Carlo draws of ε per step (and per ELBO estimate).
+    :param init_scale: where the posterior's scale starts without an ``init``, as a fraction of
+        the prior's (its loc starts at the prior's); ``None``: the prior's scale, as
+        :class:`~pyro_gem.core.inner.InnerVI` does with the same option.
     """
 
-    def __init__(self, lr: float, steps: int, num_particles: int = 1):
+    def __init__(
+        self, lr: float, steps: int, num_particles: int = 1, init_scale: float | None = None
+    ):
         if int(steps) < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         if int(num_particles) < 1:
@@ -81,6 +86,9 @@ class UnrolledVI:
         self.lr = float(lr)
         self.steps = int(steps)
         self.num_particles = int(num_particles)
+        if init_scale is not None and not init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        self.init_scale = 1.0 if init_scale is None else float(init_scale)
 
     def _draw(self, prior: Gaussian, a: torch.Tensor, nu: torch.Tensor) -> torch.Tensor:
         # One standard-normal draw per particle, in the order and layout AutoNormal draws them.
@@ -104,7 +112,8 @@ class UnrolledVI:
 
         :param loglik: the tasks' log-likelihood (T tasks; weights ``(P, T, D)``).
         :param prior: ``(m, σ)`` of the prior, ``(D,)`` or ``(T, D)``, possibly with a graph.
-        :param init: where the posterior starts (defaults to the prior).
+        :param init: where the posterior starts (defaults to the prior, its scale times
+            ``init_scale``).
         :param steps: overrides the configured number of steps.
         :param create_graph: keep every step's graph (backpropagation through the loop).
         """
@@ -113,7 +122,8 @@ class UnrolledVI:
         shape = (loglik.num_tasks, m.shape[-1])
         if init is None:
             a = torch.zeros(shape, dtype=m.dtype, device=m.device)
-            rho = _softplus_inverse(torch.ones(shape, dtype=m.dtype, device=m.device))
+            start = torch.full(shape, self.init_scale, dtype=m.dtype, device=m.device)
+            rho = _softplus_inverse(start)
         else:
             a = ((init[0] - m) / sigma).expand(shape)
             rho = _softplus_inverse(init[1] / sigma).expand(shape)

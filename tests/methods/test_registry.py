@@ -52,6 +52,19 @@ def test_methods_that_decouple_take_any_inner_optimiser(method, optim):
     assert learner.inner.optim.pt_optim_constructor is INNER_OPTIMS[optim]
 
 
+@pytest.mark.parametrize(
+    "method", [m for m, row in METHOD_TABLE.items() if row.posterior == "Gaussian"]
+)
+def test_gaussian_posteriors_start_at_guide_init_scale(method):
+    model, prior = small_sinusoid()
+    learner = build(method, model, prior, config(guide_init_scale=0.01))
+    assert learner.inner.init_scale == 0.01
+    if hasattr(learner, "unrolled"):  # training's differentiable loop starts there too
+        assert learner.unrolled.init_scale == 0.01
+    post = learner.adapt(*Sinusoid().test_tasks(2).support, steps=0)
+    torch.testing.assert_close(post.scale, 0.01 * prior.scale.detach().expand(2, -1))
+
+
 def test_imaml_newton_solver_steps_adapts_and_predicts():
     model, prior = small_sinusoid()
     learner = build("imaml", model, prior, config(inner_optim="newton", reg=100.0, cg_steps=3))

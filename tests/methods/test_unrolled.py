@@ -1,4 +1,5 @@
 import pyro
+import pytest
 import torch
 from linear_gaussian import exact_posterior, make_model, make_prior, orthogonal_design, tasks_data
 from sinusoid_fixtures import small_sinusoid
@@ -19,23 +20,37 @@ def test_gaussian_kl_matches_torch():
     torch.testing.assert_close(gaussian_kl((mq, sq), (mp, sp)), expected)
 
 
-def test_unrolled_vi_is_pyro_svi_with_whitened_sgd():
+@pytest.mark.parametrize("init_scale", [None, 0.05])
+def test_unrolled_vi_is_pyro_svi_with_whitened_sgd(init_scale):
     """The differentiable loop runs the algorithm of InnerVI(normal, SGD, whiten): same noise,
-    same posterior, so a backprop method's adapt() (through Pyro) matches its training."""
+    same posterior, so a backprop method's adapt() (through Pyro) matches its training; from the
+    same narrow start too."""
     model, prior = small_sinusoid()
     batch = Sinusoid().sample(4, torch.Generator().manual_seed(0))
     p = (prior.loc.detach(), prior.scale.detach())
     nesting = plate_nesting(model, batch.support, prior.name)
     torch.manual_seed(5)
-    vi = InnerVI(guide="normal", optim=pyro.optim.SGD({"lr": 0.05}), steps=7)
+    vi = InnerVI(guide="normal", optim=pyro.optim.SGD({"lr": 0.05}), steps=7, init_scale=init_scale)
     fit = vi.fit(model, prior.name, batch.support, p, nesting=nesting)
     torch.manual_seed(5)
     torch.randn(4, 1, prior.num_weights)  # AutoNormal's draw when its parameters are built
     loglik = TaskLogLikelihood(model, prior.name, batch.support, nesting)
-    loc, scale = UnrolledVI(0.05, 7).fit(loglik, p, create_graph=False)
+    loc, scale = UnrolledVI(0.05, 7, init_scale=init_scale).fit(loglik, p, create_graph=False)
     assert (fit.loc - p[0]).abs().max() > 0.05  # it moved
     torch.testing.assert_close(loc, fit.loc, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(scale, fit.scale, rtol=1e-5, atol=1e-6)
+
+
+def test_unrolled_vi_starts_at_init_scale_times_the_prior_scale():
+    model, prior = small_sinusoid()
+    batch = Sinusoid().sample(3, torch.Generator().manual_seed(0))
+    loglik = TaskLogLikelihood(model, prior.name, batch.support, 1)
+    p = (prior.loc.detach(), prior.scale.detach())
+    loc, scale = UnrolledVI(0.05, 0, init_scale=0.01).fit(loglik, p, create_graph=False)
+    torch.testing.assert_close(loc, p[0].expand(3, -1))
+    torch.testing.assert_close(scale, 0.01 * p[1].expand(3, -1))
+    with pytest.raises(ValueError, match="init_scale must be positive"):
+        UnrolledVI(0.05, 1, init_scale=0.0)
 
 
 def test_unrolled_vi_converges_to_the_exact_posterior_mean():
