@@ -17,6 +17,7 @@ estimators) under :mod:`pyro_gem.methods` (the paper's matrix) and :mod:`pyro_ge
 on top (``training``, ``run``, ``config``, ``modelfile``, ``diagnostics``, ``cli``).
 """
 
+import pyro_gem.envs  # noqa: F401  (registers the meta-RL environments in gymnasium)
 from pyro_gem.core.batch import TaskBatch
 from pyro_gem.core.estimators import GradientEM, gem_gradient, gem_plus_gradient
 from pyro_gem.core.inner import InnerVI

@@ -94,6 +94,16 @@ class TaskBatch:
             raise ValueError("support and query must give the model the same arguments")
         return t
 
+    def collect_support(self, theta: torch.Tensor) -> TaskBatch:
+        """The batch with its support set collected under policy weights ``theta``: the data
+        of supervised tasks exist already, so this is the batch itself (meta-RL batches,
+        :class:`~pyro_gem.tasks.rl.OnPolicyBatch`, roll the policy out)."""
+        return self
+
+    def collect_query(self, theta: torch.Tensor) -> TaskBatch:
+        """As :meth:`collect_support`, for the query set under the adapted weights."""
+        return self
+
     def joint(self) -> tuple[torch.Tensor, ...]:
         """Support and query concatenated along the points dimension (D_tr ∪ D_val)."""
         return tuple(torch.cat([s, q], dim=1) for s, q in zip(self.support, self.query))

@@ -65,7 +65,9 @@ def infer_input_rank(module: nn.Module) -> int:
         for kind, rank in _INPUT_RANKS.items():
             if isinstance(sub, kind):
                 return rank
-        if next(sub.parameters(recurse=False), None) is not None:
+        # An unknown layer with weights comes first; the root's own parameters (a policy's
+        # log standard deviation) are not a layer.
+        if sub is not module and next(sub.parameters(recurse=False), None) is not None:
             break
     raise ValueError(
         f"cannot infer the input rank of {type(module).__name__}: its first weight layer is "

@@ -17,8 +17,10 @@ from pyro_gem.evaluation.metrics import (
     SquaredError,
     mean_ci95,
 )
+from pyro_gem.evaluation.returns import AverageReturn, rollout_meta_test, rollout_scores
 
 __all__ = [
+    "AverageReturn",
     "IntervalCoverage",
     "LogPredictiveDensity",
     "Metric",
@@ -27,6 +29,8 @@ __all__ = [
     "SquaredError",
     "mean_ci95",
     "meta_test",
+    "rollout_meta_test",
+    "rollout_scores",
     "score_metrics",
     "task_scores",
 ]

@@ -20,6 +20,7 @@ import torch
 
 from pyro_gem.core.batch import TaskBatch
 from pyro_gem.evaluation.metrics import CHUNK_ELEMENTS, LogPredictiveDensity, Metric, Query
+from pyro_gem.evaluation.returns import rollout_meta_test
 
 __all__ = ["meta_test", "score_metrics", "task_scores"]
 
@@ -120,7 +121,13 @@ def meta_test(
         the summary a metric's own (by default ``[mean, 95% CI half-width]`` over tasks). Tasks
         with a score that is not finite at any step (their inner loop diverged) are counted in
         ``diverged`` and left out of every summary.
+
+    Meta-RL tasks (an :class:`~pyro_gem.tasks.rl.OnPolicyBatch`) have no query set: they are
+    scored by :func:`~pyro_gem.evaluation.returns.rollout_meta_test`, ``steps`` counting inner
+    updates of fresh rollouts.
     """
+    if getattr(tasks, "on_policy", False):
+        return rollout_meta_test(learner, tasks, steps, seed=seed)
     chosen = score_metrics(metrics)
     scores = task_scores(
         learner, tasks, steps, metrics=chosen, num_samples=num_samples, chunk=chunk, seed=seed

@@ -27,7 +27,7 @@ from pyro_gem.core.likelihood import TaskLogLikelihood
 from pyro_gem.core.posterior import Posterior
 from pyro_gem.core.priors import GaussianPrior
 
-__all__ = ["MetaLearner", "warn_diverged"]
+__all__ = ["MetaLearner", "rollout_stats", "warn_diverged"]
 
 
 class MetaLearner:
@@ -92,6 +92,32 @@ class MetaLearner:
             self.adapt_prior(),
             steps=steps,
             record=record,
+            nesting=self.nesting(support),
+        )
+        return Posterior(fit, self.prior.name, self.adapt_steps if steps is None else steps)
+
+    def adapt_from(
+        self, posterior: Posterior, *support: torch.Tensor, steps: int | None = None
+    ) -> Posterior:
+        """Adapt further: ``posterior`` (of an earlier :meth:`adapt`) is the prior and the start
+        of the learner's inner loop on new data (sequential updating; a meta-RL update adapts
+        to rollouts of the policy the previous update produced).
+
+        :param posterior: the earlier posterior of the same T tasks.
+        :param support: the new data, stacked over tasks ``(T, N, ...)``.
+        :param steps: inner steps (defaults to the learner's).
+        """
+        validate_task_args(support, "support")
+        loc, scale = posterior.loc, posterior.scale
+        # A delta posterior keeps the learner's own prior scale (flat for gradient steps).
+        prior_scale = self.adapt_prior()[1].expand_as(loc) if scale is None else scale
+        fit = self.inner.fit(
+            self.model,
+            self.prior.name,
+            support,
+            (loc, prior_scale),
+            init=(loc, scale),
+            steps=steps,
             nesting=self.nesting(support),
         )
         return Posterior(fit, self.prior.name, self.adapt_steps if steps is None else steps)
@@ -163,6 +189,7 @@ class MetaLearner:
                     "the meta-gradient is not finite; the prior was not updated", stacklevel=3
                 )
         stats["prior_scale_median"] = self.prior.scale.median().item()
+        rollout_stats(batch, stats)
         return stats
 
     def state_dict(self) -> dict:
@@ -171,6 +198,16 @@ class MetaLearner:
     def load_state_dict(self, state: dict) -> None:
         self.prior.load_state_dict(state["prior"])
         self.meta_optim.load_state_dict(state["meta_optim"])
+
+
+def rollout_stats(batch, stats: dict) -> None:
+    """Add a meta-RL batch's mean returns of D_tr and D_val (before and after the inner update)
+    to ``stats``, as ``return_support`` and ``return_query``."""
+    for which in ("support", "query"):
+        returns = batch.info.get(f"{which}_returns")
+        if returns is not None:
+            finite = returns[returns.isfinite()]
+            stats[f"return_{which}"] = finite.mean().item() if len(finite) else float("nan")
 
 
 def warn_diverged(bad: list[int], num_tasks: int, stacklevel: int) -> None:

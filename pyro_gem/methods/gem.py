@@ -29,7 +29,7 @@ from pyro_gem.core.batch import TaskBatch
 from pyro_gem.core.estimators import GradientEM
 from pyro_gem.core.inner import InnerFit, InnerVI
 from pyro_gem.core.priors import GaussianPrior
-from pyro_gem.methods.base import MetaLearner, warn_diverged
+from pyro_gem.methods.base import MetaLearner, rollout_stats, warn_diverged
 
 __all__ = ["GEMBML"]
 
@@ -70,17 +70,23 @@ class GEMBML(MetaLearner):
         return "gem-bml+" if self.estimator.plus else "gem-bml"
 
     def fit_posteriors(self, batch: TaskBatch) -> tuple[InnerFit, InnerFit]:
-        """The two inner VI runs of one meta-iteration: (q_λtr, q_λtr⊕val)."""
+        """The two inner VI runs of one meta-iteration: (q_λtr, q_λtr⊕val).
+
+        On meta-RL tasks D_tr is collected by the prior mean's policy and D_val by the policy
+        of q_λtr's mean (``batch.collect_support``, ``batch.collect_query``).
+        """
+        m, sigma = self.adapt_prior()
+        batch.collect_support(m.expand(len(batch), -1))
         nesting = self.nesting(batch.support)
         site, vi = self.prior.name, self.inner
         support = vi.fit(self.model, site, batch.support, self.adapt_prior(), nesting=nesting)
         # A task that diverged is left out of the meta-gradient; the query run restarts it from
         # the prior so that its NaNs cannot reach anything else.
-        m, sigma = self.adapt_prior()
         ok = support.finite[:, None]
         loc = torch.where(ok, support.loc, m)
         scale = None if support.scale is None else torch.where(ok, support.scale, sigma)
         start = (loc, scale)
+        batch.collect_query(loc)
         if self.update == "sequential":
             # q_λtr is the prior of the query update; a delta posterior keeps the prior's scale.
             prior2 = (loc, (sigma if scale is None else scale).expand_as(loc))
@@ -142,6 +148,7 @@ class GEMBML(MetaLearner):
             stats["grad_norm_log_scale"] = self.prior.log_scale.grad.norm().item()
             self.meta_optim.step()
         stats["prior_scale_median"] = self.prior.scale.median().item()
+        rollout_stats(batch, stats)
         return stats
 
 

@@ -106,7 +106,10 @@ class MAML(_PointEstimateLearner):
         return "fomaml" if self.first_order else "maml"
 
     def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        # Meta-RL: D_tr from m's policy, D_val from θ_K's (no-ops for supervised tasks).
+        batch.collect_support(self.prior.loc.detach().expand(len(batch), -1))
         theta = self.adapt_weights(batch.support, create_graph=not self.first_order)
+        batch.collect_query(theta.detach())
         if self.first_order:
             # dθ_K/dm taken as the identity: the query gradient at θ_K reaches m unchanged.
             loc = self.prior.loc
@@ -125,8 +128,19 @@ class Reptile(_PointEstimateLearner):
     name = "reptile"
 
     def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
-        data = batch.joint()
-        theta = self.adapt_weights(data)
+        if getattr(batch, "on_policy", False):
+            # Meta-RL: K steps on D_tr (m's rollouts), then K more on D_val (the rollouts of
+            # the adapted policy), each on the data of the policy it updates.
+            batch.collect_support(self.prior.loc.detach().expand(len(batch), -1))
+            first = self.adapt_weights(batch.support)
+            batch.collect_query(first)
+            data = batch.query
+            theta = sgd_adapt(
+                self.log_likelihood(data), first, self.inner.steps, self.inner_lr, False
+            )
+        else:
+            data = batch.joint()
+            theta = self.adapt_weights(data)
         loglik = self.log_likelihood(data)(theta)
         stats = {"meta_objective": loglik[loglik.isfinite()].mean().item()}
         return 0.5 * (self.prior.loc - theta).square().sum(-1), stats

@@ -1,0 +1,91 @@
+"""The meta-RL meta-test: average return on held-out tasks after 0, 1, 2, ... inner updates,
+each update adapting to fresh rollouts of the policy it produced (MAML's protocol: 40 rollouts
+per update, up to 3 updates).
+
+Before any update the policy acts with the prior mean m; update u adapts the posterior of
+update u − 1 (the prior for the first) to the rollouts of its own policy, by the learner's inner
+loop (``learner.adapt`` then ``learner.adapt_from``), and the policy of every update acts with
+its posterior mean. A task's score is its rollouts' mean undiscounted return.
+
+Example::
+
+    scores = rollout_meta_test(learner, tasks.test_tasks(40), updates=(0, 1, 2, 3))
+    scores["return"]["1"]            # [mean, 95% CI half-width] over tasks, after one update
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from pyro_gem.evaluation.metrics import Metric, MetricError, mean_ci95
+
+__all__ = ["AverageReturn", "rollout_meta_test", "rollout_scores"]
+
+
+class AverageReturn(Metric):
+    """A task's mean undiscounted return over its rollouts (scored by
+    :func:`rollout_meta_test`, which :func:`~pyro_gem.evaluation.meta_test` calls for meta-RL
+    tasks; it has no query set to score)."""
+
+    name = "return"
+
+    def __call__(self, query) -> torch.Tensor:
+        raise MetricError(
+            "the average return is scored from fresh rollouts of the adapted policy, not from a "
+            "query set: meta-test on-policy tasks with pyro_gem.evaluation.rollout_meta_test"
+        )
+
+
+def rollout_scores(
+    learner, tasks, updates: Sequence[int] = (0, 1, 2, 3), seed: int = 0, trajectories: bool = False
+) -> dict:
+    """Each held-out task's average return after each number of inner updates.
+
+    :param learner: a meta-RL learner (``adapt``, ``adapt_from``, ``adapt_prior``).
+    :param tasks: an :class:`~pyro_gem.tasks.rl.OnPolicyBatch` of held-out tasks; its
+        ``rollouts`` per update.
+    :param updates: the update counts to score.
+    :param seed: seeds the rollouts' noise.
+    :param trajectories: also return the rollouts of every update (``"rollouts"``: {u: Rollouts}).
+    :returns: ``{"return": {u: (T,)}}`` (NaN for a task whose policy turned non-finite).
+    """
+    from pyro_gem.tasks.rl import rollout_data
+
+    updates = sorted(set(int(u) for u in updates))
+    if not updates or updates[0] < 0:
+        raise ValueError(f"updates must be non-negative counts, got {updates}")
+    family, gen = tasks.family, torch.Generator().manual_seed(seed)
+    device = getattr(learner, "device", torch.device("cpu"))
+    theta = learner.adapt_prior()[0].expand(len(tasks), -1)
+    post = None
+    out: dict = {"return": {}}
+    if trajectories:
+        out["rollouts"] = {}
+    for u in range(updates[-1] + 1):
+        rollouts = family.sampler.sample(tasks.tasks, theta, tasks.rollouts, gen)
+        if u in updates:
+            out["return"][u] = rollouts.returns.mean(1).cpu()
+            if trajectories:
+                out["rollouts"][u] = rollouts
+        if u == updates[-1]:
+            break
+        data = rollout_data(rollouts, family.discount, family.gae_lambda)
+        data = tuple(a.to(device) for a in data)
+        post = learner.adapt(*data) if post is None else learner.adapt_from(post, *data)
+        theta = post.loc.detach()
+    return out
+
+
+def rollout_meta_test(learner, tasks, updates: Sequence[int] = (0, 1, 2, 3), seed: int = 0) -> dict:
+    """:func:`rollout_scores` summarised: ``{"return": {str(u): [mean, ci95]}, "steps": [...],
+    "num_tasks": T, "diverged": n}``, tasks with a non-finite return left out and counted."""
+    scores = rollout_scores(learner, tasks, updates, seed)["return"]
+    finite = torch.stack([v.isfinite() for v in scores.values()]).all(0)
+    return {
+        "steps": sorted(scores),
+        "num_tasks": len(tasks),
+        "diverged": int((~finite).sum()),
+        "return": {str(u): mean_ci95(v[finite]) for u, v in scores.items()},
+    }
