@@ -57,7 +57,14 @@ config = {
     "test_tasks": 40,
     "eval_steps": [0, 1, 2, 3],  # inner updates, each on 40 fresh rollouts
     "methods": {
-        "maml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
+        # MAML's own meta-update: TRPO, δ = 0.01, 10 CG iterations (pytorch-maml-rl's config).
+        "maml": {
+            "inner_optim": "sgd",
+            "inner_lr": MAML_LR,
+            "inner_steps": 1,
+            "meta_update": "trpo",
+            "cg_steps": 10,
+        },
         "fomaml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
         "reptile": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},
     },

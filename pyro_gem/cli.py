@@ -108,13 +108,17 @@ def _format_summary(summary) -> str:
 def format_scores(scores: dict) -> str:
     """A meta-test's results as a table: one row per inner-step count, one column per metric."""
     names = [k for k in scores if isinstance(scores[k], dict)]
-    rows = [["inner steps", *names]]
+    rows = [["inner updates" if "return" in scores else "inner steps", *names]]
     for step in map(str, scores["steps"]):
         rows.append([step, *(_format_summary(scores[n][step]) for n in names)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
-        f"meta-test on {scores['num_tasks']} held-out tasks (mean ± 95% CI over tasks; lpd: log "
-        "predictive density of the query set)"
+        f"meta-test on {scores['num_tasks']} held-out tasks (mean ± 95% CI over tasks; "
+        + (
+            "return: each update on fresh rollouts of its policy)"
+            if "return" in scores
+            else "lpd: log predictive density of the query set)"
+        )
     ]
     lines += ["  " + "   ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     if scores["diverged"]:
@@ -123,7 +127,7 @@ def format_scores(scores: dict) -> str:
 
 
 def _meta_test_and_plot(learner, tasks, config: dict, out_dir: Path, history: list[dict]) -> dict:
-    from pyro_gem.diagnostics import plot_reliability, plot_tasks, plot_training
+    from pyro_gem.diagnostics import plot_reliability, plot_returns, plot_tasks, plot_training
 
     if history:
         print(f"wrote {plot_training(history, out_dir / 'training.png')}")
@@ -135,6 +139,10 @@ def _meta_test_and_plot(learner, tasks, config: dict, out_dir: Path, history: li
         print(
             f"wrote {plot_reliability(panels, out_dir / 'reliability.png', getattr(learner, 'name', ''))}"
         )
+        return scores
+    if getattr(tasks, "on_policy", False):  # meta-RL: return against inner updates
+        name = getattr(learner, "name", "")
+        print(f"wrote {plot_returns({name: scores['return']}, out_dir / 'returns.png', name)}")
         return scores
     heldout = tasks.test_tasks(4)
     png = plot_tasks(learner, tasks, heldout, out_dir / "tasks.png")

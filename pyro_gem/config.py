@@ -28,6 +28,11 @@ DEFAULTS = {
     "meta_lr": 1e-3,
     "meta_lr_milestones": [],
     "meta_lr_gamma": 0.1,
+    # MAML's meta-update: "gradient" (the meta-optimiser, Adam) or "trpo" (meta-RL: a trust
+    # region of mean KL max_kl on the post-update policy, solved by CG with cg_damping)
+    "meta_update": "gradient",
+    "max_kl": 0.01,
+    "cg_damping": 1e-5,
     "inner_optim": "adam",
     "inner_lr": 0.2,
     "inner_lr_decay": 1.0,

@@ -221,6 +221,29 @@ def plot_training(history: list[dict], path: str | Path | None = None):
     return _finish(fig, path)
 
 
+def plot_returns(
+    returns: dict[str, dict[str, list[float]]], path: str | Path | None = None, title: str = ""
+):
+    """Average return against the number of inner updates, one line per method (MAML's Fig. 5).
+
+    :param returns: ``{method: {str(updates): [mean, ci95]}}``, e.g. a meta-test's ``"return"``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method, by_update in returns.items():
+        updates = sorted(by_update, key=int)
+        mean = [by_update[u][0] for u in updates]
+        ci = [by_update[u][1] for u in updates]
+        ax.errorbar([int(u) for u in updates], mean, yerr=ci, marker="o", capsize=3, label=method)
+    ax.set_xlabel("inner updates")
+    ax.set_ylabel("average return")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _finish(fig, path)
+
+
 def plot_reliability(calibration: dict[str, dict], path: str | Path | None = None, title: str = ""):
     """Reliability diagrams, one panel per entry: the accuracy of each confidence bin against
     its mean confidence, with the bins' share of the predictions below, and the ECE and MCE.

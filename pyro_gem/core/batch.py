@@ -37,11 +37,14 @@ def task_count(args: Sequence, what: str = "model") -> int:
     )
 
 
-def validate_task_args(args: Sequence[torch.Tensor], what: str = "support") -> int:
+def validate_task_args(
+    args: Sequence[torch.Tensor], what: str = "support", finite: bool = True
+) -> int:
     """Check stacked task data and return the number of tasks.
 
     :param args: tensors of shape ``(T, N, ...)``.
     :param what: the set's name, used in error messages.
+    :param finite: also refuse non-finite values.
     :raises ValueError: for zero tasks, an empty set, mismatched shapes or non-finite values.
     """
     task_count(args, what)
@@ -62,7 +65,7 @@ def validate_task_args(args: Sequence[torch.Tensor], what: str = "support") -> i
                 f"{what} argument {i} has shape {tuple(t.shape)}, but argument 0 has "
                 f"{num_tasks} tasks of {num_points} points: shapes must agree on (tasks, points)"
             )
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if finite and t.is_floating_point() and not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).flatten(1).any(1).nonzero().flatten().tolist()
             raise ValueError(f"{what} argument {i} holds NaN or infinite values (tasks {bad})")
     return num_tasks

@@ -290,7 +290,10 @@ class InnerVI:
         :param record: steps after which to keep a copy of the guide's parameters.
         :param nesting: the model's plate nesting, if already known.
         """
-        validate_task_args(args, "inner VI")
+        # Shapes only: data are checked for finiteness where they enter (a batch's validate(),
+        # adapt()); the rollouts of a meta-RL policy that turned non-finite are NaN on purpose,
+        # so that its task diverges alone and is left out.
+        validate_task_args(args, "inner VI", finite=False)
         if nesting is None:
             nesting = plate_nesting(model, args, site, num_weights=prior[0].shape[-1])
         tasks_model = TasksModel(model, nesting)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
 
-__all__ = ["FunctionalNet", "infer_input_rank"]
+__all__ = ["FunctionalNet", "batched_mlp", "infer_input_rank"]
 
 _INPUT_RANKS = {nn.Linear: 1, nn.Conv1d: 2, nn.Conv2d: 3, nn.Conv3d: 4}
 
@@ -75,6 +75,29 @@ def infer_input_rank(module: nn.Module) -> int:
     )
 
 
+def batched_mlp(
+    mlp: nn.Sequential, params: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = ""
+) -> torch.Tensor:
+    """A Sequential of Linear layers and elementwise activations on P weight sets at once.
+
+    :param params: the parameters by name (``prefix + "0.weight"``, ...), each ``(P, ...)``.
+    :param x: inputs ``(P, N, in)``.
+    """
+    h = x
+    for i, layer in enumerate(mlp):
+        if isinstance(layer, nn.Linear):
+            w = params[f"{prefix}{i}.weight"]
+            b = params.get(f"{prefix}{i}.bias")
+            h = (
+                torch.bmm(h, w.transpose(1, 2))
+                if b is None
+                else torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+            )
+        else:
+            h = layer(h)
+    return h
+
+
 class FunctionalNet:
     """A module evaluated on flat, batched weight vectors.
 
@@ -97,8 +120,11 @@ class FunctionalNet:
         self.num_weights = sum(self.sizes)
         if self.num_weights == 0:
             raise ValueError(f"{type(module).__name__} has no parameters to put a prior on")
-        # MLPs run as batched matmuls directly: the same arithmetic as vmap, less dispatch.
+        # MLPs run as batched matmuls directly: the same arithmetic as vmap, less dispatch. A
+        # module may give its own batched forward (``batched_forward(params, x)``, params with
+        # a leading weight-set dim P, x (P, N, ...)), as the RL policy does.
         self.is_mlp = _is_mlp(self.module)
+        self.batched_forward = getattr(self.module, "batched_forward", None)
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         """The module's current parameters as one flat vector, in this net's order."""
@@ -120,20 +146,7 @@ class FunctionalNet:
 
     def _batched_mlp(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``theta`` (P, D) and ``x`` (P, N, in) through a Sequential of Linear layers."""
-        params = self.unflatten(theta)
-        h = x
-        for i, layer in enumerate(self.module):
-            if isinstance(layer, nn.Linear):
-                w = params[f"{i}.weight"]
-                b = params.get(f"{i}.bias")
-                h = (
-                    torch.bmm(h, w.transpose(1, 2))
-                    if b is None
-                    else torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
-                )
-            else:
-                h = layer(h)
-        return h
+        return batched_mlp(self.module, self.unflatten(theta), x)
 
     def __call__(
         self, theta: torch.Tensor, x: torch.Tensor, weight_batch: Sequence[int] | None = None
@@ -166,5 +179,8 @@ class FunctionalNet:
             return self._single(theta, x)
         theta = theta.expand(batch + theta.shape[-1:]).reshape((-1,) + theta.shape[-1:])
         x_flat = x.expand(batch + x.shape[-(r + 1) :]).reshape((-1,) + x.shape[-(r + 1) :])
-        out = (self._batched_mlp if self.is_mlp else vmap(self._single))(theta, x_flat)
+        if self.batched_forward is not None:
+            out = self.batched_forward(self.unflatten(theta), x_flat)
+        else:
+            out = (self._batched_mlp if self.is_mlp else vmap(self._single))(theta, x_flat)
         return out.reshape(batch + out.shape[1:])

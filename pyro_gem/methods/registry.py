@@ -42,6 +42,7 @@ from pyro_gem.core.priors import GaussianPrior
 from pyro_gem.methods.bmaml import BMAML
 from pyro_gem.methods.elbo_gradient import AmortizedBML, KLChaser
 from pyro_gem.methods.gem import GEMBML
+from pyro_gem.methods.maml_trpo import MAMLTRPO
 from pyro_gem.methods.point_estimate import IMAML, MAML, NEWTON, PreTraining, Reptile
 
 __all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "Method", "build"]
@@ -117,6 +118,21 @@ def _unrolled(cls, **fixed):
 def _point(cls, **fixed):
     def make(model, prior, config):
         extra = dict(fixed)
+        if config.get("meta_update", "gradient") == "trpo":
+            if cls is not MAML or fixed.get("first_order"):
+                raise ValueError(
+                    "meta_update 'trpo' is MAML's meta-RL update (second order, through the "
+                    "inner step); first-order MAML, Reptile and the others take 'gradient'"
+                )
+            return MAMLTRPO(
+                model,
+                prior,
+                max_kl=config["max_kl"],
+                cg_steps=config["cg_steps"],
+                cg_damping=config["cg_damping"],
+                inner_lr=config["inner_lr"],
+                inner_steps=config["inner_steps"],
+            )
         if cls is IMAML:
             optim = config["inner_optim"]
             extra.update(
@@ -203,6 +219,10 @@ def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
     if optim not in (*INNER_OPTIMS, NEWTON):
         raise ValueError(
             f"unknown inner optimiser {optim!r}: choose one of {[*INNER_OPTIMS, NEWTON]}"
+        )
+    if config.get("meta_update", "gradient") not in ("gradient", "trpo"):
+        raise ValueError(
+            f"unknown meta_update {config['meta_update']!r}: choose 'gradient' or 'trpo'"
         )
     decay = config.get("inner_lr_decay", 1.0)
     if not 0 <= decay <= 1:

@@ -17,11 +17,14 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.distributions import Independent, Normal
+
+from pyro_gem.core.nn import batched_mlp
 
 __all__ = ["GaussianMLPPolicy", "action_distribution", "action_log_prob"]
 
@@ -31,7 +34,8 @@ class GaussianMLPPolicy(nn.Module):
 
     :param observation_dim: length of an observation.
     :param action_dim: length of an action.
-    :param hidden: hidden layer widths (MAML: two layers of 100).
+    :param hidden: hidden layer widths (MAML: two layers of 100). Weights start Xavier-uniform,
+        biases at zero (MAML's initialisation).
     :param init_log_std: the log standard deviation's initial value (MAML's: 0, σ = 1).
     """
 
@@ -50,6 +54,10 @@ class GaussianMLPPolicy(nn.Module):
             width = h
         layers.append(nn.Linear(width, action_dim))
         self.mean = nn.Sequential(*layers)
+        for layer in self.mean:
+            if isinstance(layer, nn.Linear):  # MAML's initialisation
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
@@ -57,11 +65,22 @@ class GaussianMLPPolicy(nn.Module):
         mean = self.mean(observations)
         return torch.cat([mean, self.log_std.expand_as(mean)], -1)
 
+    def batched_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on P weight sets at once (``params`` each ``(P, ...)``, ``x``
+        ``(P, N, observation_dim)``): batched matmuls, for
+        :class:`~pyro_gem.core.nn.FunctionalNet`."""
+        mean = batched_mlp(self.mean, params, x, prefix="mean.")
+        return torch.cat([mean, params["log_std"][:, None, :].expand_as(mean)], -1)
+
+
+#: The floor of the policy's standard deviation (MAML's ``min_std``).
+MIN_LOG_STD = math.log(1e-6)
+
 
 def action_distribution(out: torch.Tensor) -> Independent:
     """The action distribution of a :class:`GaussianMLPPolicy` output ``(..., 2 · A)``."""
     mean, log_std = out.chunk(2, dim=-1)
-    return Independent(Normal(mean, log_std.exp(), validate_args=False), 1)
+    return Independent(Normal(mean, log_std.clamp_min(MIN_LOG_STD).exp(), validate_args=False), 1)
 
 
 def action_log_prob(out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
