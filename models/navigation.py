@@ -22,7 +22,9 @@ from pyro_gem import GaussianPrior, settings
 from pyro_gem.rl import GaussianMLPPolicy, action_log_prob
 from pyro_gem.tasks.rl import MetaRLTasks
 
-opts = settings(rollouts=20, test_rollouts=40, likelihood_scale=1.0)
+# likelihood_scale s: the inner VI's optimum moves the mean by about σ² s ∇ (the surrogate's
+# gradient), which at the initial prior scale σ = 0.01 and s = 1000 is MAML's step of 0.1.
+opts = settings(rollouts=20, test_rollouts=40, likelihood_scale=1000.0)
 
 policy = GaussianMLPPolicy(observation_dim=2, action_dim=2, hidden=(100, 100))
 prior = GaussianPrior(policy, init_scale=0.01)
@@ -51,8 +53,9 @@ config = {
     "meta_iterations": 500,
     "meta_batch": 20,  # MAML's
     "meta_lr": 1e-3,
+    # GEM-BML(+): whitened SGD, one step of 1 reaches the inner VI's optimum in the mean.
     "inner_optim": "sgd",
-    "inner_lr": MAML_LR,
+    "inner_lr": 1.0,
     "inner_steps": 1,
     "test_tasks": 40,
     "eval_steps": [0, 1, 2, 3],  # inner updates, each on 40 fresh rollouts

@@ -93,7 +93,14 @@ class BatchedEnv:
         observations ``(num_envs, observation_dim)``."""
         raise NotImplementedError
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step(
+        self, actions: np.ndarray, active: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Apply ``actions (num_envs, action_dim)``: ``(observations, rewards (num_envs,),
-        terminated (num_envs,) bool)``."""
+        terminated (num_envs,) bool)``.
+
+        :param active: ``(num_envs,)`` bool, the copies to step (all by default); the others
+            may be left where they are (their outputs are then meaningless): an episode that
+            ended need not cost simulation.
+        """
         raise NotImplementedError

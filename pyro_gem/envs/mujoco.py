@@ -373,14 +373,15 @@ class _BatchedMujoco(BatchedEnv):
         self._gather()
         return self._observation()
 
-    def step(self, actions: np.ndarray):
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None):
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, self.action_dim):
             raise ValueError(
                 f"actions must have shape {(self.num_envs, self.action_dim)}, got {actions.shape}"
             )
         x_before = self._x_position()
-        self._simulate(actions)
+        index = range(self.num_envs) if active is None else np.flatnonzero(active)
+        self._simulate(actions, index)
         x_velocity = (self._x_position() - x_before) / self.dt
         reward, terminated = self._reward(x_velocity, actions)
         return self._observation(), reward, terminated
@@ -396,8 +397,9 @@ class _BatchedMujoco(BatchedEnv):
             self.qpos[i] = data.qpos
             self.qvel[i] = data.qvel
 
-    def _simulate(self, actions: np.ndarray) -> None:
-        """Apply the actions for ``frame_skip`` MuJoCo steps and gather the new state."""
+    def _simulate(self, actions: np.ndarray, index) -> None:
+        """Apply the actions of the copies in ``index`` for ``frame_skip`` MuJoCo steps and
+        gather their new state."""
         raise NotImplementedError
 
     def _x_position(self) -> np.ndarray:
@@ -423,9 +425,10 @@ class BatchedHalfCheetah(_BatchedMujoco):
         super().__init__(env, num_envs)
         self.observation_dim = self.model.nq + self.model.nv - self.exclude_current_positions
 
-    def _simulate(self, actions: np.ndarray) -> None:
+    def _simulate(self, actions: np.ndarray, index) -> None:
         model, frame_skip = self.model, self.frame_skip
-        for i, data in enumerate(self.datas):
+        for i in index:
+            data = self.datas[i]
             # MuJoCo clamps ctrl to ctrlrange itself, as in gymnasium (which does not clip).
             # gymnasium's mj_rnePostConstraint is left out: nothing here reads its outputs, and
             # it does not change the state.
@@ -483,9 +486,10 @@ class BatchedAnt(_BatchedMujoco):
             self.cfrc_ext[i] = data.cfrc_ext
             self.main_body_xy[i] = data.xpos[self.main_body, :2]
 
-    def _simulate(self, actions: np.ndarray) -> None:
+    def _simulate(self, actions: np.ndarray, index) -> None:
         model, frame_skip, body = self.model, self.frame_skip, self.main_body
-        for i, data in enumerate(self.datas):
+        for i in index:
+            data = self.datas[i]
             data.ctrl[:] = actions[i]
             mujoco.mj_step(model, data, nstep=frame_skip)
             # The contact forces are not computed by mj_step (gymnasium calls this too).

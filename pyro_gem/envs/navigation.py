@@ -91,6 +91,7 @@ class BatchedNavigation(BatchedEnv):
         self.position = np.zeros((self.num_envs, 2))
         return self.position.copy()
 
-    def step(self, actions: np.ndarray):
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None):
+        # Every copy is stepped: one array operation costs no more than a masked one.
         self.position, reward, terminated = _step(self.position, actions, self.goal)
         return self.position.copy(), reward, terminated

@@ -172,7 +172,9 @@ class RolloutSampler:
             a = (dist.base_dist.loc + dist.base_dist.scale * noise.to(device)).cpu()
             finite &= torch.isfinite(a).flatten(1).all(1)
             a = torch.where(finite[:, None, None], a, torch.zeros_like(a))
-            obs, r, terminated = envs.step(a.reshape(num_tasks * k, a_dim).double().numpy())
+            obs, r, terminated = envs.step(
+                a.reshape(num_tasks * k, a_dim).double().numpy(), alive.flatten().numpy()
+            )
             observations[:, :, t] = o
             actions[:, :, t] = a
             mask[:, :, t] = alive

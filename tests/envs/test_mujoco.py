@@ -179,3 +179,19 @@ def test_batched_reset_follows_the_rng(env_id):
     single_obs, _ = env.reset(seed=7)
     one = env.batched(1).reset(tasks[:1], np.random.default_rng(7))
     np.testing.assert_array_equal(one[0], single_obs)
+
+
+@pytest.mark.parametrize("env_id", ["pyro_gem/HalfCheetahVel-v0", "pyro_gem/AntDir-v0"])
+def test_inactive_copies_are_not_simulated(env_id):
+    env = _make(env_id).unwrapped
+    full, masked = env.batched(3), env.batched(3)
+    tasks = _three_tasks(env)
+    full.reset(tasks, np.random.default_rng(0))
+    masked.reset(tasks, np.random.default_rng(0))
+    frozen = masked.qpos[1].copy()
+    actions = np.random.default_rng(1).uniform(-1, 1, size=(3, full.action_dim))
+    obs, reward, _ = full.step(actions)
+    obs_m, reward_m, _ = masked.step(actions, np.array([True, False, True]))
+    np.testing.assert_array_equal(masked.qpos[1], frozen)
+    np.testing.assert_array_equal(obs_m[[0, 2]], obs[[0, 2]])
+    np.testing.assert_array_equal(reward_m[[0, 2]], reward[[0, 2]])
