@@ -207,7 +207,9 @@ def markdown_table(report: dict) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--envs", nargs="+", default=["navigation"], choices=ENVS)
+    p.add_argument(
+        "--envs", nargs="+", choices=ENVS, help="default: navigation (--sampler-speed: all)"
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 iterations, 2 tasks")
     p.add_argument("--full", action="store_true", help="the model files' (the papers') budget")
@@ -241,7 +243,7 @@ def main(argv=None) -> dict:
         return {}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.sampler_speed:
-        envs = args.envs if argv is not None and "--envs" in argv else ENVS
+        envs = args.envs or ENVS
         rollouts = args.rollouts or (2 if args.quick else 20)
         num_tasks = 2 if args.quick else args.meta_batch
         speeds = {e: sampler_speed(e, num_tasks, rollouts, args.seed) for e in envs}
@@ -272,7 +274,7 @@ def main(argv=None) -> dict:
         # Each result records its own budget: meta_iterations, meta_batch, rollouts, horizon.
     }
     summary = {}
-    for env in args.envs:
+    for env in args.envs or ["navigation"]:
         for method in args.methods:
             result = run_one(env, method, args)
             if path.is_file():  # another process may have written other results since

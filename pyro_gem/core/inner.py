@@ -37,7 +37,15 @@ from pyro_gem.core.elbo import MeanFieldELBO
 from pyro_gem.core.guides import guide_params, resolve_guide, set_guide_params
 from pyro_gem.core.whiten import DECENTERED, WhitenReparam
 
-__all__ = ["InnerVI", "InnerFit", "PriorSwap", "TasksModel", "finite_tasks", "plate_nesting"]
+__all__ = [
+    "InnerFit",
+    "InnerProblem",
+    "InnerVI",
+    "PriorSwap",
+    "TasksModel",
+    "finite_tasks",
+    "plate_nesting",
+]
 
 
 class _PriorSiteCheck(Messenger):
@@ -169,6 +177,25 @@ class PriorSwap(Messenger):
 
 
 @dataclass
+class InnerProblem:
+    """What an inner VI step works on: the user's model and data, and the guide being fitted.
+
+    :ivar guide_site: the guide's site (the whitened one where the guide is whitened).
+    :ivar prior_loc: the (swapped) prior's mean, laid out on the tasks plate; with
+        ``prior_scale`` it maps the whitened guide back to weights, θ = loc + scale · u.
+    """
+
+    model: Callable
+    site: str
+    args: tuple
+    nesting: int
+    guide: AutoGuide
+    guide_site: str
+    prior_loc: torch.Tensor
+    prior_scale: torch.Tensor
+
+
+@dataclass
 class InnerFit:
     """The result of an inner VI run for T tasks.
 
@@ -259,6 +286,11 @@ class InnerVI:
             raise ValueError(f"init_scale must be a positive fraction, got {init_scale}")
         self.init_scale = init_scale
 
+    def svi_step(self, svi: SVI, problem: InnerProblem) -> float:
+        """One step of the inner VI (an SVI step; a subclass may take another kind of step,
+        e.g. :class:`~pyro_gem.rl.trust_region.TrustRegionVI`); returns the loss."""
+        return svi.step(*problem.args)
+
     def _elbo(self, nesting: int) -> pyro.infer.ELBO:
         if self.loss is not None:
             return self.loss
@@ -344,12 +376,13 @@ class InnerVI:
             set_guide_params(guide, guide_site, init_loc, init_scale)
             optim = copy.deepcopy(self.optim)
             svi = SVI(conditioned, guide, optim, self._elbo(nesting))
+            problem = InnerProblem(model, site, args, nesting, guide, guide_site, p_loc, p_scale)
             for i in range(steps + 1):
                 if i in record:
                     state = {k: v.detach().clone() for k, v in guide.state_dict().items()}
                     snapshots[i] = (*read(), state)
                 if i < steps:
-                    losses.append(svi.step(*args))
+                    losses.append(self.svi_step(svi, problem))
                     if isinstance(optim, PyroLRScheduler):
                         optim.step()
         loc, scale = read()

@@ -44,8 +44,14 @@ from pyro_gem.methods.elbo_gradient import AmortizedBML, KLChaser
 from pyro_gem.methods.gem import GEMBML
 from pyro_gem.methods.maml_trpo import MAMLTRPO
 from pyro_gem.methods.point_estimate import IMAML, MAML, NEWTON, PreTraining, Reptile
+from pyro_gem.rl.trust_region import TrustRegionVI
 
-__all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "Method", "build"]
+__all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "TRUST_REGION", "Method", "build"]
+
+#: The ``inner_optim`` of GEM-BML(+)'s trust-region steps on a policy's posterior (meta-RL:
+#: :class:`~pyro_gem.rl.trust_region.TrustRegionVI`, δ = ``max_kl``; ``inner_lr`` steps the
+#: guide's scales).
+TRUST_REGION = "trust-region"
 
 #: Inner optimisers by name: torch optimisers, wrapped for Pyro with ``{"lr": inner_lr}``.
 #: ``clipped-sgd`` bounds each task's step to norm 1 (one prior σ where the guide is whitened).
@@ -77,13 +83,23 @@ def _inner_optim(config: dict) -> pyro.optim.PyroOptim:
 
 def _gem(plus: bool):
     def make(model, prior, config):
-        inner = InnerVI(
+        common = dict(
             guide=config["guide"],
-            optim=_inner_optim(config),
             steps=config["inner_steps"],
             num_particles=config["num_particles"],
             init_scale=config.get("guide_init_scale"),
         )
+        if config["inner_optim"] == TRUST_REGION:
+            inner = TrustRegionVI(
+                policy=prior.net,
+                max_kl=config["max_kl"],
+                cg_steps=config["cg_steps"],
+                cg_damping=config["cg_damping"],
+                scale_lr=config["inner_lr"],
+                **common,
+            )
+        else:
+            inner = InnerVI(optim=_inner_optim(config), **common)
         meta_optim = torch.optim.Adam(prior.parameters(), lr=config["meta_lr"])
         return GEMBML(
             model,
@@ -216,9 +232,15 @@ def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
             f"inner_optim {NEWTON!r} is iMAML's proximal Newton-CG solver; {name} takes one of "
             f"{list(INNER_OPTIMS)}"
         )
-    if optim not in (*INNER_OPTIMS, NEWTON):
+    if optim == TRUST_REGION and name not in ("gem-bml", "gem-bml+"):
         raise ValueError(
-            f"unknown inner optimiser {optim!r}: choose one of {[*INNER_OPTIMS, NEWTON]}"
+            f"inner_optim {TRUST_REGION!r} is GEM-BML(+)'s trust-region step on a policy's "
+            f"posterior; {name} takes one of {list(INNER_OPTIMS)}"
+        )
+    if optim not in (*INNER_OPTIMS, NEWTON, TRUST_REGION):
+        raise ValueError(
+            f"unknown inner optimiser {optim!r}: choose one of "
+            f"{[*INNER_OPTIMS, NEWTON, TRUST_REGION]}"
         )
     if config.get("meta_update", "gradient") not in ("gradient", "trpo"):
         raise ValueError(
@@ -227,7 +249,7 @@ def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
     decay = config.get("inner_lr_decay", 1.0)
     if not 0 <= decay <= 1:
         raise ValueError(f"inner_lr_decay must lie in [0, 1], got {decay}")
-    if decay != 1.0 and (method.needs_sgd or optim == NEWTON):
+    if decay != 1.0 and (method.needs_sgd or optim in (NEWTON, TRUST_REGION)):
         raise ValueError(
             f"inner_lr_decay applies to a PyroOptim inner loop; {name} with inner_optim "
             f"{optim!r} takes a constant step (got inner_lr_decay={decay})"
