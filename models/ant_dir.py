@@ -37,8 +37,9 @@ def model(observations, actions, advantages, step_weights):
 
 tasks = MetaRLTasks(ENV, policy=prior.net, rollouts=opts.rollouts, test_rollouts=opts.test_rollouts)
 
-# MAML's inner step: one vanilla policy-gradient step of 0.1 (its locomotion setting).
-MAML_LR = 0.1
+# MAML's inner step: one vanilla policy-gradient step of 0.1 on the surrogate (its locomotion
+# setting), which the model's log-likelihood scales by likelihood_scale.
+MAML_LR = 0.1 / opts.likelihood_scale
 
 config = {
     "method": "gem-bml+",

@@ -45,8 +45,9 @@ tasks = MetaRLTasks(
     test_rollouts=opts.test_rollouts,
 )
 
-# MAML's inner step: one vanilla policy-gradient step of 0.1 on the surrogate.
-MAML_LR = 0.1
+# MAML's inner step: one vanilla policy-gradient step of 0.1 on the surrogate, which the
+# model's log-likelihood scales by likelihood_scale.
+MAML_LR = 0.1 / opts.likelihood_scale
 
 config = {
     "method": "gem-bml+",

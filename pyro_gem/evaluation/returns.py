@@ -60,6 +60,7 @@ def rollout_scores(
     device = getattr(learner, "device", torch.device("cpu"))
     theta = learner.adapt_prior()[0].expand(len(tasks), -1)
     post = None
+    diverged = torch.zeros(len(tasks), dtype=torch.bool)
     out: dict = {"return": {}}
     if trajectories:
         out["rollouts"] = {}
@@ -72,10 +73,19 @@ def rollout_scores(
         if u == updates[-1]:
             break
         data = rollout_data(rollouts, family.discount, family.gae_lambda)
-        data = tuple(a.to(device) for a in data)
+        # A task whose policy diverged stays diverged (NaN returns); its data are zeroed so
+        # that the others adapt as usual.
+        diverged |= ~(
+            rollouts.finite & torch.stack([a.flatten(1).isfinite().all(1) for a in data]).all(0)
+        )
+        data = tuple(torch.where(_rows(diverged, a), 0.0, a).to(device) for a in data)
         post = learner.adapt(*data) if post is None else learner.adapt_from(post, *data)
-        theta = post.loc.detach()
+        theta = torch.where(diverged[:, None].to(device), torch.nan, post.loc.detach())
     return out
+
+
+def _rows(mask: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(-1, *(1,) * (a.dim() - 1)).to(a.device)
 
 
 def rollout_meta_test(learner, tasks, updates: Sequence[int] = (0, 1, 2, 3), seed: int = 0) -> dict:

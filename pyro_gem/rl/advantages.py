@@ -52,9 +52,12 @@ def linear_baseline(
 ) -> torch.Tensor:
     """Per-task ridge regression of ``returns (T, K, H)`` on the features: the values
     ``V (T, K, H)`` at every step of each task's rollouts (0 where masked)."""
-    feats = baseline_features(observations, mask).double()  # (T, K, H, F)
+    # A task whose rollouts are not finite (its policy diverged) gets NaN values; the others
+    # are solved as usual (the solver must not see its NaNs).
+    finite = returns.flatten(1).isfinite().all(1) & observations.flatten(1).isfinite().all(1)
+    feats = baseline_features(observations, mask).double().nan_to_num()  # (T, K, H, F)
     x = feats.flatten(1, 2)  # (T, K·H, F)
-    y = (returns * mask).double().flatten(1)[..., None]
+    y = (returns * mask).double().nan_to_num().flatten(1)[..., None]
     xtx, xty = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
     coef = torch.full_like(xty, torch.nan)
@@ -67,6 +70,7 @@ def linear_baseline(
             break
         reg *= 10
     values = (feats @ coef[:, None]).squeeze(-1)  # (T, K, H)
+    values[~finite] = torch.nan
     return values.to(returns.dtype) * mask
 
 

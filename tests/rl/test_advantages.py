@@ -87,3 +87,14 @@ def test_normalised_per_task_over_running_steps_and_zero_after_the_end():
     std = (((adv - mean[:, None, None]) ** 2 * mask).sum((1, 2)) / n).sqrt()
     torch.testing.assert_close(mean, torch.zeros(3, dtype=torch.float64), atol=1e-9, rtol=0)
     torch.testing.assert_close(std, torch.ones(3, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_a_non_finite_task_does_not_spoil_the_others_baseline():
+    obs = torch.randn(3, 2, 6, 2, dtype=torch.float64)
+    mask = torch.ones(3, 2, 6, dtype=torch.float64)
+    returns = torch.randn(3, 2, 6, dtype=torch.float64)
+    alone = linear_baseline(obs[[0, 2]], mask[[0, 2]], returns[[0, 2]])
+    returns[1, 0, 3] = torch.nan
+    values = linear_baseline(obs, mask, returns)
+    assert values[1].isnan().all()
+    torch.testing.assert_close(values[[0, 2]], alone)

@@ -130,3 +130,19 @@ def test_meta_test_updates_use_fresh_rollouts_and_are_seeded():
     a = meta_test(learner, test, steps=(0, 1))
     b = meta_test(learner, test, steps=(0, 1))
     assert a == b and a["num_tasks"] == 3
+
+
+def test_a_task_whose_policy_diverges_at_the_meta_test_is_counted_not_fatal(monkeypatch):
+    model, prior, tasks = _setup()
+    learner = _learner("maml", model, prior)
+    adapt = learner.adapt
+
+    def diverging(*support, **kwargs):
+        post = adapt(*support, **kwargs)
+        post.loc[0] = torch.nan  # task 0's inner loop blew up
+        return post
+
+    monkeypatch.setattr(learner, "adapt", diverging)
+    scores = meta_test(learner, tasks.test_tasks(3), steps=(0, 1, 2))
+    assert scores["diverged"] == 1
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in scores["return"].values())
