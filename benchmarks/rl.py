@@ -38,6 +38,7 @@ matplotlib.use("Agg")
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from fewshot import check_resumable  # noqa: E402
 
 from pyro_gem.config import build_learner, load_seeded, resolve_config  # noqa: E402
 from pyro_gem.diagnostics import plot_returns  # noqa: E402
@@ -69,6 +70,7 @@ def run_one(env: str, method: str, args) -> dict:
     config["settings"] = mf.settings
     learner = build_learner(mf, config)
     run_dir = args.out / ("rl_quick_runs" if args.quick else "rl_runs") / env / method
+    check_resumable(run_dir, config)
     history = train(
         learner,
         mf.tasks,

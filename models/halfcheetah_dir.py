@@ -54,6 +54,11 @@ config = {
     "test_tasks": 40,
     "eval_steps": [0, 1, 2, 3],  # inner updates, each on fresh rollouts
     "methods": {
+        # The guide starts at a tenth of the prior's scale: started at it, the scales' noisy
+        # SGD step let first-layer biases widen 20-2000 times, and the next update's step
+        # (∝ scale²) blew the policy up (2D navigation: -15.5 after one update, -97 after two).
+        "gem-bml+": {"guide_init_scale": 0.1},
+        "gem-bml": {"guide_init_scale": 0.1},
         "maml": {
             "inner_optim": "sgd",
             "inner_lr": MAML_LR,
