@@ -1,6 +1,7 @@
-"""The package's layers: ``core`` imports nothing else of pyro_gem; ``methods`` and
-``evaluation`` build on ``core`` alone; ``tasks`` on ``core`` and ``evaluation`` (its metrics);
-the runners on top may use everything. No module imports itself back through another."""
+"""The package's layers: ``core`` and ``envs`` import nothing else of pyro_gem; ``rl`` (policy,
+sampler, advantages) builds on ``core`` and ``envs``; ``methods`` and ``evaluation`` on ``core``
+and ``rl``; ``tasks`` on ``core``, ``evaluation`` (its metrics) and ``rl``; the runners on top may
+use everything. No module imports itself back through another."""
 
 import ast
 from pathlib import Path
@@ -10,9 +11,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_gem"
 #: layer -> the layers it may import (itself included).
 ALLOWED = {
     "core": {"core"},
-    "methods": {"core", "methods"},
-    "evaluation": {"core", "evaluation"},
-    "tasks": {"core", "evaluation", "tasks"},
+    "envs": {"envs"},
+    "rl": {"core", "envs", "rl"},
+    "methods": {"core", "rl", "methods"},
+    "evaluation": {"core", "rl", "evaluation"},
+    "tasks": {"core", "evaluation", "rl", "tasks"},
 }
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from pyro_gem.evaluation.metrics import Metric, MetricError, mean_ci95
+from pyro_gem.rl.advantages import rollout_data
 
 __all__ = ["AverageReturn", "rollout_meta_test", "rollout_scores"]
 
@@ -51,8 +52,6 @@ def rollout_scores(
     :param trajectories: also return the rollouts of every update (``"rollouts"``: {u: Rollouts}).
     :returns: ``{"return": {u: (T,)}}`` (NaN for a task whose policy turned non-finite).
     """
-    from pyro_gem.tasks.rl import rollout_data
-
     updates = sorted(set(int(u) for u in updates))
     if not updates or updates[0] < 0:
         raise ValueError(f"updates must be non-negative counts, got {updates}")

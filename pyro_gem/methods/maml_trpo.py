@@ -28,18 +28,9 @@ from pyro_gem.core.estimators import conjugate_gradient, sgd_adapt
 from pyro_gem.core.priors import GaussianPrior
 from pyro_gem.methods.base import rollout_stats, warn_diverged
 from pyro_gem.methods.point_estimate import MAML
-from pyro_gem.rl.policy import action_log_prob
+from pyro_gem.rl.policy import action_log_prob, policy_kl
 
-__all__ = ["MAMLTRPO", "gaussian_kl"]
-
-
-def gaussian_kl(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """KL(new ‖ old) of the diagonal Gaussians of two policy outputs ``(..., 2 · A)``, ``(...)``."""
-    mu_new, log_std_new = new.chunk(2, -1)
-    mu_old, log_std_old = old.chunk(2, -1)
-    var_new, var_old = (2 * log_std_new).exp(), (2 * log_std_old).exp()
-    kl = log_std_old - log_std_new + (var_new + (mu_new - mu_old) ** 2) / (2 * var_old) - 0.5
-    return kl.sum(-1)
+__all__ = ["MAMLTRPO"]
 
 
 class MAMLTRPO(MAML):
@@ -111,7 +102,7 @@ class MAMLTRPO(MAML):
             out = policy(theta, obs)
             ratio = (action_log_prob(out, actions) - old_log_prob).exp()
             loss = -(weights * ratio * adv).sum(-1)  # (T,)
-            kl = (weights * gaussian_kl(out, old)).sum(-1)
+            kl = (weights * policy_kl(out, old)).sum(-1)
             return loss, kl
 
         losses, kls = loss_and_kl(theta)

@@ -21,7 +21,13 @@ import torch
 
 from pyro_gem.rl.sampler import Rollouts
 
-__all__ = ["advantages", "baseline_features", "discounted_returns", "linear_baseline"]
+__all__ = [
+    "advantages",
+    "baseline_features",
+    "discounted_returns",
+    "linear_baseline",
+    "rollout_data",
+]
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
@@ -95,3 +101,18 @@ def advantages(
         var = ((adv - mean) ** 2 * mask).sum((1, 2), keepdim=True) / count
         adv = (adv - mean) / (var.sqrt() + 1e-8) * mask
     return adv
+
+
+def rollout_data(rollouts: Rollouts, discount: float, gae_lambda: float) -> tuple:
+    """The model's arguments ``(observations, actions, advantages, step_weights)`` of
+    ``rollouts``, each ``(T, K · H, ...)``."""
+    adv = advantages(rollouts, discount, gae_lambda)
+    mask = rollouts.mask
+    lengths = mask.sum(-1, keepdim=True).clamp(min=1)
+    weights = mask / (lengths * mask.shape[1])
+    return (
+        rollouts.observations.flatten(1, 2),
+        rollouts.actions.flatten(1, 2),
+        adv.flatten(1, 2),
+        weights.flatten(1, 2),
+    )

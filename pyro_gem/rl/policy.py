@@ -26,7 +26,7 @@ from torch.distributions import Independent, Normal
 
 from pyro_gem.core.nn import batched_mlp
 
-__all__ = ["GaussianMLPPolicy", "action_distribution", "action_log_prob"]
+__all__ = ["GaussianMLPPolicy", "action_distribution", "action_log_prob", "policy_kl"]
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -86,3 +86,12 @@ def action_distribution(out: torch.Tensor) -> Independent:
 def action_log_prob(out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """log π(a | s) of ``actions (..., A)`` under the policy output ``out (..., 2 · A)``."""
     return action_distribution(out).log_prob(actions)
+
+
+def policy_kl(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """KL(new ‖ old) of the diagonal Gaussians of two policy outputs ``(..., 2 · A)``, ``(...)``."""
+    mu_new, log_std_new = new.chunk(2, -1)
+    mu_old, log_std_old = old.chunk(2, -1)
+    var_new, var_old = (2 * log_std_new).exp(), (2 * log_std_old).exp()
+    kl = log_std_old - log_std_new + (var_new + (mu_new - mu_old) ** 2) / (2 * var_old) - 0.5
+    return kl.sum(-1)

@@ -36,7 +36,7 @@ from pyro.infer import SVI
 from pyro_gem.core.estimators import conjugate_gradient
 from pyro_gem.core.inner import InnerProblem, InnerVI
 from pyro_gem.core.likelihood import task_log_likelihood
-from pyro_gem.methods.maml_trpo import gaussian_kl
+from pyro_gem.rl.policy import policy_kl
 
 __all__ = ["TrustRegionVI"]
 
@@ -96,12 +96,12 @@ class TrustRegionVI(InnerVI):
         with torch.no_grad():
             old = self.policy(p_loc + p_scale * u0, observations)
 
-        def policy_kl(u_flat: torch.Tensor) -> torch.Tensor:
+        def step_kl(u_flat: torch.Tensor) -> torch.Tensor:
             new = self.policy(p_loc + p_scale * u_flat, observations)
-            return (step_weights * gaussian_kl(old, new)).sum(-1)  # (T,)
+            return (step_weights * policy_kl(old, new)).sum(-1)  # (T,)
 
         point = u0.clone().requires_grad_()
-        (grad_kl,) = torch.autograd.grad(policy_kl(point).sum(), point, create_graph=True)
+        (grad_kl,) = torch.autograd.grad(step_kl(point).sum(), point, create_graph=True)
 
         def fisher_vector(v: torch.Tensor) -> torch.Tensor:
             (hv,) = torch.autograd.grad((grad_kl * v).sum(), point, retain_graph=True)
@@ -134,7 +134,7 @@ class TrustRegionVI(InnerVI):
             accepted = torch.zeros(num_tasks, dtype=torch.bool)
             for _ in range(self.line_search_steps):
                 candidate = u0 + fraction * full_step
-                ok = (objective(candidate) > before) & (policy_kl(candidate) <= self.max_kl)
+                ok = (objective(candidate) > before) & (step_kl(candidate) <= self.max_kl)
                 accepted |= ok
                 if accepted.all():
                     break

@@ -36,29 +36,14 @@ import numpy as np
 import torch
 
 from pyro_gem.evaluation.returns import AverageReturn
-from pyro_gem.rl.advantages import advantages
-from pyro_gem.rl.sampler import Rollouts, RolloutSampler
+from pyro_gem.rl.advantages import rollout_data
+from pyro_gem.rl.sampler import RolloutSampler
 from pyro_gem.tasks.base import TaskFamily
 
-__all__ = ["MetaRLTasks", "OnPolicyBatch", "RL_METHODS"]
+__all__ = ["MetaRLTasks", "OnPolicyBatch", "RL_METHODS", "rollout_data"]
 
 #: The learners that collect on-policy data.
 RL_METHODS = ("gem-bml", "gem-bml+", "maml", "fomaml", "reptile")
-
-
-def rollout_data(rollouts: Rollouts, discount: float, gae_lambda: float) -> tuple:
-    """The model's arguments ``(observations, actions, advantages, step_weights)`` of
-    ``rollouts``, each ``(T, K · H, ...)``."""
-    adv = advantages(rollouts, discount, gae_lambda)
-    mask = rollouts.mask
-    lengths = mask.sum(-1, keepdim=True).clamp(min=1)
-    weights = mask / (lengths * mask.shape[1])
-    return (
-        rollouts.observations.flatten(1, 2),
-        rollouts.actions.flatten(1, 2),
-        adv.flatten(1, 2),
-        weights.flatten(1, 2),
-    )
 
 
 class OnPolicyBatch:

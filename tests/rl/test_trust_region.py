@@ -6,8 +6,8 @@ from pyro_gem import GaussianPrior
 from pyro_gem.config import DEFAULTS
 from pyro_gem.core.likelihood import task_log_likelihood
 from pyro_gem.methods import build
-from pyro_gem.methods.maml_trpo import gaussian_kl
 from pyro_gem.rl import GaussianMLPPolicy, action_log_prob
+from pyro_gem.rl.policy import policy_kl
 from pyro_gem.rl.trust_region import TrustRegionVI
 from pyro_gem.tasks.rl import MetaRLTasks
 
@@ -34,7 +34,7 @@ def test_a_step_stays_in_each_tasks_trust_region_and_does_not_lose(max_kl):
     fit = vi.fit(model, "theta", batch.support, (m, sigma))
     obs, _, _, weights = batch.support
     start = m.expand(3, -1)
-    kl = (weights * gaussian_kl(prior.net(start, obs), prior.net(fit.loc, obs))).sum(-1)
+    kl = (weights * policy_kl(prior.net(start, obs), prior.net(fit.loc, obs))).sum(-1)
     assert (kl <= max_kl * (1 + 1e-4)).all()
     moved = (fit.loc - start).norm(dim=-1) > 0
     assert moved.any()
