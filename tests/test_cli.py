@@ -221,3 +221,18 @@ def test_a_metric_the_model_cannot_give_fails_before_training_with_a_clear_error
     err = capsys.readouterr().err
     assert code == 2 and "metric 'mse' needs the observation site 'y'" in err
     assert "Traceback" not in err and not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("method", ["gem-bml+", "maml"])
+def test_meta_rl_trains_and_evaluates_through_the_cli(method, tmp_path, capsys):
+    model_file = Path(__file__).resolve().parents[1] / "models" / "navigation.py"
+    out = tmp_path / method
+    common = ["--set", "rollouts=1", "test_rollouts=1", "--test-tasks", "2"]
+    args = ["train", str(model_file), "--method", method, "--meta-iterations", "1"]
+    assert main([*args, "--meta-batch", "2", "--out", str(out), "--no-progress", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "inner updates" in printed and "return" in printed
+    assert (out / "returns.png").is_file()
+    scores = json.loads((out / "metatest.json").read_text())
+    assert set(scores["return"]) == {"0", "1", "2", "3"}
+    assert main(["evaluate", str(out), "--test-tasks", "2", "--steps", "0", "1"]) == 0

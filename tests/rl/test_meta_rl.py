@@ -146,3 +146,24 @@ def test_a_task_whose_policy_diverges_at_the_meta_test_is_counted_not_fatal(monk
     scores = meta_test(learner, tasks.test_tasks(3), steps=(0, 1, 2))
     assert scores["diverged"] == 1
     assert all(torch.isfinite(torch.tensor(v)).all() for v in scores["return"].values())
+
+
+@pytest.mark.parametrize("method", ["gem-bml+", "maml"])
+def test_a_resumed_rl_run_ends_where_the_uninterrupted_one_does(method, tmp_path):
+    from pyro_gem.training import train
+
+    def run(iterations, out, resume):
+        pyro.set_rng_seed(0)
+        model, prior, tasks = _setup()
+        extra = {"meta_update": "trpo", "cg_steps": 3} if method == "maml" else {}
+        learner = _learner(method, model, prior, **extra)
+        train(
+            learner, tasks, meta_iterations=iterations, meta_batch=2, seed=3, out_dir=out,
+            resume=resume, eval_every=0, progress=False,
+        )  # fmt: skip
+        return prior.loc.detach().clone(), prior.log_scale.detach().clone()
+
+    straight = run(4, tmp_path / "a", False)
+    run(2, tmp_path / "b", False)
+    resumed = run(4, tmp_path / "b", True)
+    assert torch.equal(straight[0], resumed[0]) and torch.equal(straight[1], resumed[1])
