@@ -170,8 +170,8 @@ def cost_worker(env: str, method: str, steps: int, meta_batch: int, rollouts: in
         overrides["inner_lr"] = 1.0 / steps
     learner = build_learner(mf, resolve_config(mf.config, overrides))
     gen = torch.Generator().manual_seed(0)
+    before = _peak_rss_mib()  # the process's high-water mark before any meta-iteration
     learner.step(mf.tasks.sample(meta_batch, gen))  # warm up
-    before = _peak_rss_mib()
     tick = time.perf_counter()
     learner.step(mf.tasks.sample(meta_batch, gen))
     return {"seconds": time.perf_counter() - tick, "peak_mib_added": _peak_rss_mib() - before}
