@@ -40,7 +40,7 @@ from pyro_gem.rl.advantages import rollout_data
 from pyro_gem.rl.sampler import RolloutSampler
 from pyro_gem.tasks.base import TaskFamily
 
-__all__ = ["MetaRLTasks", "OnPolicyBatch", "RL_METHODS", "rollout_data"]
+__all__ = ["MetaRLTasks", "OnPolicyBatch", "RL_METHODS"]
 
 #: The learners that collect on-policy data.
 RL_METHODS = ("gem-bml", "gem-bml+", "maml", "fomaml", "reptile")
