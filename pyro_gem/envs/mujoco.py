@@ -77,6 +77,8 @@ steps, growing), and it cannot return the contact forces the Ant's reward needs.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import mujoco
@@ -345,6 +347,20 @@ class _BatchedMujoco(BatchedEnv):
         self.qvel = np.zeros((self.num_envs, self.model.nv))
         self.tasks = np.repeat(env._initial_task(None)[None], self.num_envs, axis=0)
         self.reward_terms: dict[str, np.ndarray] = {}
+        # MuJoCo releases the GIL while it steps: copies are stepped on every core (each copy
+        # has its own MjData, so the result does not depend on the thread count).
+        self.threads = max(1, min(os.cpu_count() or 1, self.num_envs))
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def _each(self, step_one, index) -> None:
+        """``step_one(i)`` for every copy ``i`` in ``index``, split over the threads."""
+        index = list(index)
+        if self._pool is None or len(index) < 2 * self.threads:
+            for i in index:
+                step_one(i)
+            return
+        chunks = np.array_split(np.asarray(index), self.threads)
+        list(self._pool.map(lambda chunk: [step_one(i) for i in chunk], chunks))
 
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         tasks = self._check_tasks(tasks)
@@ -427,7 +443,8 @@ class BatchedHalfCheetah(_BatchedMujoco):
 
     def _simulate(self, actions: np.ndarray, index) -> None:
         model, frame_skip = self.model, self.frame_skip
-        for i in index:
+
+        def step_one(i: int) -> None:
             data = self.datas[i]
             # MuJoCo clamps ctrl to ctrlrange itself, as in gymnasium (which does not clip).
             # gymnasium's mj_rnePostConstraint is left out: nothing here reads its outputs, and
@@ -436,6 +453,8 @@ class BatchedHalfCheetah(_BatchedMujoco):
             mujoco.mj_step(model, data, nstep=frame_skip)
             self.qpos[i] = data.qpos
             self.qvel[i] = data.qvel
+
+        self._each(step_one, index)
 
     def _x_position(self) -> np.ndarray:
         return self.qpos[:, 0].copy()
@@ -488,7 +507,8 @@ class BatchedAnt(_BatchedMujoco):
 
     def _simulate(self, actions: np.ndarray, index) -> None:
         model, frame_skip, body = self.model, self.frame_skip, self.main_body
-        for i in index:
+
+        def step_one(i: int) -> None:
             data = self.datas[i]
             data.ctrl[:] = actions[i]
             mujoco.mj_step(model, data, nstep=frame_skip)
@@ -500,6 +520,8 @@ class BatchedAnt(_BatchedMujoco):
             # xpos is from the kinematics at the start of the last sub-step (mj_step integrates
             # after computing it); gymnasium measures the velocity from it, so we do too.
             self.main_body_xy[i] = data.xpos[body, :2]
+
+        self._each(step_one, index)
 
     def _x_position(self) -> np.ndarray:
         return self.main_body_xy[:, 0].copy()

@@ -195,3 +195,18 @@ def test_inactive_copies_are_not_simulated(env_id):
     np.testing.assert_array_equal(masked.qpos[1], frozen)
     np.testing.assert_array_equal(obs_m[[0, 2]], obs[[0, 2]])
     np.testing.assert_array_equal(reward_m[[0, 2]], reward[[0, 2]])
+
+
+@pytest.mark.parametrize("env_id", ["pyro_gem/HalfCheetahDir-v0", "pyro_gem/AntVel-v0"])
+def test_stepping_on_threads_changes_nothing(env_id):
+    env = _make(env_id)
+    threaded, serial = env.batched(16), env.batched(16)
+    serial._pool = None  # one thread
+    tasks = np.repeat(_three_tasks(env)[:2], 8, axis=0)
+    threaded.reset(tasks, np.random.default_rng(0))
+    serial.reset(tasks, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        actions = rng.uniform(-1, 1, size=(16, threaded.action_dim))
+        for a, b in zip(threaded.step(actions), serial.step(actions)):
+            np.testing.assert_array_equal(a, b)
