@@ -59,7 +59,7 @@ def rollout_scores(
     device = getattr(learner, "device", torch.device("cpu"))
     theta = learner.adapt_prior()[0].expand(len(tasks), -1)
     post = None
-    diverged = torch.zeros(len(tasks), dtype=torch.bool)
+    diverged = torch.zeros(len(tasks), dtype=torch.bool, device=device)
     out: dict = {"return": {}}
     if trajectories:
         out["rollouts"] = {}
@@ -79,7 +79,7 @@ def rollout_scores(
         )
         data = tuple(torch.where(_rows(diverged, a), 0.0, a).to(device) for a in data)
         post = learner.adapt(*data) if post is None else learner.adapt_from(post, *data)
-        theta = torch.where(diverged[:, None].to(device), torch.nan, post.loc.detach())
+        theta = torch.where(diverged[:, None], torch.nan, post.loc.detach())
     return out
 
 

@@ -69,6 +69,12 @@ class GEMBML(MetaLearner):
     def name(self) -> str:
         return "gem-bml+" if self.estimator.plus else "gem-bml"
 
+    def adapt_from(self, posterior, *support: torch.Tensor, steps: int | None = None):
+        """As :meth:`MetaLearner.adapt_from`, with the second inner run's steps (``query_steps``):
+        the sequential update of meta-training."""
+        steps = self.query_steps if steps is None else steps
+        return super().adapt_from(posterior, *support, steps=steps)
+
     def fit_posteriors(self, batch: TaskBatch) -> tuple[InnerFit, InnerFit]:
         """The two inner VI runs of one meta-iteration: (q_λtr, q_λtr⊕val).
 

@@ -90,21 +90,27 @@ class MAMLTRPO(MAML):
         num_tasks = batch.validate()
         loc = self.prior.loc
         batch.collect_support(loc.detach().expand(num_tasks, -1))
-        theta = self._adapted(loc, batch.support, create_graph=True)
-        batch.collect_query(theta.detach())
+        batch.collect_query(self._adapted(loc.detach(), batch.support, create_graph=False))
         policy = batch.family.sampler.policy
-        obs, actions, adv, weights = batch.query
-        with torch.no_grad():
-            old = policy(theta.detach(), obs)
-            old_log_prob = action_log_prob(old, actions)
 
-        def loss_and_kl(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out = policy(theta, obs)
-            ratio = (action_log_prob(out, actions) - old_log_prob).exp()
-            loss = -(weights * ratio * adv).sum(-1)  # (T,)
-            kl = (weights * policy_kl(out, old)).sum(-1)
-            return loss, kl
+        def objective(tasks) -> tuple:
+            """The post-update surrogate and KL of ``tasks`` as functions of their adapted
+            weights, and the weights θ'(m) with their graph to m."""
+            obs, actions, adv, weights = tasks.query
+            theta = self._adapted(loc, tasks.support, create_graph=True)
+            with torch.no_grad():
+                old = policy(theta.detach(), obs)
+                old_log_prob = action_log_prob(old, actions)
 
+            def loss_and_kl(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                out = policy(theta, obs)
+                ratio = (action_log_prob(out, actions) - old_log_prob).exp()
+                loss = -(weights * ratio * adv).sum(-1)  # (T,)
+                return loss, (weights * policy_kl(out, old)).sum(-1)
+
+            return loss_and_kl, theta
+
+        loss_and_kl, theta = objective(batch)
         losses, kls = loss_and_kl(theta)
         ok = losses.detach().isfinite() & kls.detach().isfinite()
         bad = (~ok).nonzero().flatten().tolist()
@@ -113,7 +119,14 @@ class MAMLTRPO(MAML):
         if not ok.any():
             stats["meta_objective"] = float("nan")
             return self._finish(stats, batch)
-        loss, kl = losses[ok].mean(), kls[ok].mean()
+        kept = batch
+        if not ok.all():
+            # Rebuilt on the finite tasks alone: a NaN in the shared graph would reach m's
+            # gradient (a zero times NaN), and every Fisher-vector product with it.
+            kept = batch.select(ok.nonzero().flatten())
+            loss_and_kl, theta = objective(kept)
+            losses, kls = loss_and_kl(theta)
+        loss, kl = losses.mean(), kls.mean()
         (grad,) = torch.autograd.grad(loss, loc, retain_graph=True)
         (grad_kl,) = torch.autograd.grad(kl, loc, create_graph=True)
 
@@ -126,13 +139,11 @@ class MAMLTRPO(MAML):
         full_step = direction * torch.sqrt(2 * self.max_kl / curvature.clamp_min(1e-12))
         old_loss = loss.item()
         accepted, fraction = None, 1.0
-        support = batch.select(ok.nonzero().flatten()).support if not ok.all() else batch.support
         for _ in range(self.line_search_steps):
             candidate = loc.detach() + fraction * full_step
-            theta_new = self._adapted(candidate, support, create_graph=False)
+            theta_new = self._adapted(candidate, kept.support, create_graph=False)
             with torch.no_grad():
-                keep = ok.nonzero().flatten()
-                new_losses, new_kls = _restricted(loss_and_kl, theta_new, keep, len(ok))
+                new_losses, new_kls = loss_and_kl(theta_new)
             new_loss, new_kl = new_losses.mean().item(), new_kls.mean().item()
             if new_loss < old_loss and new_kl <= self.max_kl:
                 accepted = fraction
@@ -154,14 +165,3 @@ class MAMLTRPO(MAML):
         stats["prior_scale_median"] = self.prior.scale.median().item()
         rollout_stats(batch, stats)
         return stats
-
-
-def _restricted(loss_and_kl, theta_kept: torch.Tensor, keep: torch.Tensor, num_tasks: int):
-    """``loss_and_kl`` of the kept tasks, their adapted weights placed among all tasks."""
-    if len(keep) == num_tasks:
-        losses, kls = loss_and_kl(theta_kept)
-        return losses, kls
-    theta = torch.zeros(num_tasks, theta_kept.shape[-1], dtype=theta_kept.dtype)
-    theta[keep] = theta_kept
-    losses, kls = loss_and_kl(theta)
-    return losses[keep], kls[keep]

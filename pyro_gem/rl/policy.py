@@ -92,6 +92,11 @@ def policy_kl(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """KL(new ‖ old) of the diagonal Gaussians of two policy outputs ``(..., 2 · A)``, ``(...)``."""
     mu_new, log_std_new = new.chunk(2, -1)
     mu_old, log_std_old = old.chunk(2, -1)
+    # the floor of action_distribution, so that the KL is of the policies that act
+    log_std_new, log_std_old = (
+        log_std_new.clamp_min(MIN_LOG_STD),
+        log_std_old.clamp_min(MIN_LOG_STD),
+    )
     var_new, var_old = (2 * log_std_new).exp(), (2 * log_std_old).exp()
     kl = log_std_old - log_std_new + (var_new + (mu_new - mu_old) ** 2) / (2 * var_old) - 0.5
     return kl.sum(-1)

@@ -154,7 +154,9 @@ class RolloutSampler:
                 f"{tuple(theta.shape)}"
             )
         device, dtype = theta.device, theta.dtype
-        gen = torch.Generator() if generator is None else generator
+        if generator is None:  # torch's global stream (a fresh Generator would repeat)
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        gen = generator
         seed = int(torch.randint(2**62, (1,), generator=gen))
         envs = self._envs(num_tasks * k)
         obs = envs.reset(np.repeat(tasks, k, axis=0), np.random.default_rng(seed))
@@ -182,12 +184,12 @@ class RolloutSampler:
             alive &= ~torch.as_tensor(terminated).reshape(num_tasks, k)
             if not alive.any():
                 break
-        rewards[~finite] = torch.nan
+        rewards[~finite] = torch.nan  # finite is on the CPU, like rewards here
         return Rollouts(
             observations.to(device),
             actions.to(device),
             rewards.to(device=device, dtype=dtype),
             mask.to(device),
-            finite,
-            torch.as_tensor(tasks, dtype=dtype),
+            finite.to(device),
+            torch.as_tensor(tasks, dtype=dtype, device=device),
         )

@@ -130,8 +130,8 @@ class TrustRegionVI(InnerVI):
 
         with torch.no_grad():
             before = objective(u0)
-            fraction = torch.ones(num_tasks, 1)
-            accepted = torch.zeros(num_tasks, dtype=torch.bool)
+            fraction = torch.ones(num_tasks, 1, dtype=u0.dtype, device=u0.device)
+            accepted = torch.zeros(num_tasks, dtype=torch.bool, device=u0.device)
             for _ in range(self.line_search_steps):
                 candidate = u0 + fraction * full_step
                 ok = (objective(candidate) > before) & (step_kl(candidate) <= self.max_kl)

@@ -181,7 +181,9 @@ class MetaRLTasks(TaskFamily):
 
     def sample(self, num_tasks: int, generator: torch.Generator | None = None) -> OnPolicyBatch:
         """``num_tasks`` new tasks, their rollouts seeded from ``generator``."""
-        gen = torch.Generator() if generator is None else generator
+        if generator is None:  # torch's global stream (a fresh Generator would repeat)
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        gen = generator
         seeds = torch.randint(2**62, (2,), generator=gen).tolist()
         tasks = self.sampler.sample_tasks(num_tasks, np.random.default_rng(seeds[0]))
         return self.batch(tasks, seeds[1], self.rollouts)

@@ -66,3 +66,19 @@ def test_registry_builds_trpo_for_maml_only():
         build("fomaml", model, prior, {**config, "meta_update": "trpo"})
     with pytest.raises(ValueError, match="unknown meta_update 'lbfgs'"):
         build("maml", model, prior, {**config, "meta_update": "lbfgs"})
+
+
+def test_a_diverged_task_is_left_out_and_the_others_still_step():
+    model, prior, tasks = _setup()
+    learner = MAMLTRPO(model, prior, inner_lr=0.1, inner_steps=1, max_kl=0.01)
+    batch = tasks.sample(3, torch.Generator().manual_seed(0))
+    m = prior.loc.detach()
+    batch.collect_support(m.expand(3, -1))
+    theta = learner._adapted(m, batch.support, create_graph=False).detach()
+    batch.collect_query(theta)
+    batch.query[2][1, :] = torch.nan  # task 1's D_val advantages
+    before = prior.loc.detach().clone()
+    with pytest.warns(UserWarning, match=r"diverged on tasks \[1\]"):
+        stats = learner.step(batch)
+    assert stats["nan_tasks"] == [1] and stats["step_fraction"] > 0
+    assert torch.isfinite(prior.loc).all() and not torch.equal(prior.loc.detach(), before)
