@@ -6,6 +6,7 @@ Example::
     pyro-gem train models/sinusoid.py --method gem-bml --meta-iterations 500 --out runs/a
     pyro-gem train models/sinusoid.py --out runs/a --resume  # continue an interrupted run
     pyro-gem train models/omniglot.py --set ways=20 shots=5 data=~/omniglot   # file settings
+    pyro-gem train models/sinusoid.py --workers 2             # inner loops on 2 Ray workers
     pyro-gem evaluate runs/a                                 # meta-test a checkpoint again
 """
 
@@ -17,9 +18,10 @@ import sys
 from pathlib import Path
 
 from pyro_gem.config import DEFAULTS, build_learner, load_seeded, resolve_config
-from pyro_gem.methods.registry import INNER_OPTIMS, METHODS, NEWTON
+from pyro_gem.methods.registry import INNER_OPTIMS, METHODS, NEWTON, attach_runner, check_on_workers
 from pyro_gem.modelfile import parse_settings
 from pyro_gem.run import load_run, run_meta_test
+from pyro_gem.runners import LocalRunner
 from pyro_gem.training import train
 
 __all__ = ["format_scores", "main"]
@@ -76,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument(
+        "--workers",
+        type=int,
+        help="run the inner loops on N Ray workers (a local Ray runtime with N CPUs; needs "
+        "pyro-gem[ray]); GEM-BML(+), Reptile and first-order MAML",
+    )
+    t.add_argument(
+        "--ray-address", help="join a running Ray cluster instead (e.g. auto, ray://host:10001)"
+    )
+    t.add_argument(
+        "--shards",
+        type=int,
+        help="shards per meta-batch (default: --workers); each is seeded on its own, so a run "
+        "with the same shards gives the same prior on any number of workers; alone, the "
+        "shards run in this process",
+    )
     e = sub.add_parser("evaluate", help="meta-test a checkpoint on held-out tasks")
     e.add_argument("run_dir", type=Path, help="a directory written by 'pyro-gem train'")
     e.add_argument("--model-file", type=Path, help="defaults to the one the run was trained on")
@@ -156,6 +174,8 @@ def _train(args) -> int:
     config = resolve_config(mf.config, {key: getattr(args, key, None) for key in DEFAULTS})
     config["model_file"] = str(args.model_file.resolve())
     config["settings"] = mf.settings
+    if config["shards"] is None and (args.workers or args.ray_address):
+        config["shards"] = args.workers or 1
     out = args.out
     if args.resume and (out / "config.json").is_file():
         saved = json.loads((out / "config.json").read_text())
@@ -172,6 +192,31 @@ def _train(args) -> int:
                 "continues the same run, so they must match"
             )
     learner = build_learner(mf, config, args.device)
+    if args.workers or args.ray_address or config["shards"]:
+        check_on_workers(config["method"])  # before a Ray runtime starts
+    runner = _runner(args, config)
+    try:
+        if runner is not None:
+            attach_runner(config["method"], learner, runner)
+        return _train_and_test(args, mf, config, learner)
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def _runner(args, config: dict):
+    """The runner ``--workers`` / ``--ray-address`` / ``--shards`` ask for (``None``: none)."""
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers is None and args.ray_address is None:
+        return None if config["shards"] is None else LocalRunner(config["shards"])
+    from pyro_gem.runners import RayRunner
+
+    return RayRunner(args.workers, address=args.ray_address, shards=config["shards"])
+
+
+def _train_and_test(args, mf, config: dict, learner) -> int:
+    out = args.out
     history = train(
         learner,
         mf.tasks,

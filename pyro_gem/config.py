@@ -45,6 +45,9 @@ DEFAULTS = {
     "reg": 1.0,
     "cg_steps": 5,
     "seed": 0,
+    # shards per meta-batch when the inner loops run through a runner (--workers / --shards):
+    # each shard is seeded on its own, so the layout, not the workers, decides the draws
+    "shards": None,
     "test_tasks": 600,
     "test_samples": 100,
     "eval_steps": [0, 1, 5, 10],

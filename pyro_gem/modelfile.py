@@ -37,7 +37,10 @@ import pyro
 
 from pyro_gem.core.priors import GaussianPrior
 
-__all__ = ["ModelFile", "load_model_file", "parse_settings", "settings"]
+__all__ = ["MODULE_PREFIX", "ModelFile", "load_model_file", "parse_settings", "settings"]
+
+#: The name of every module :func:`load_model_file` creates begins with this.
+MODULE_PREFIX = "pyro_gem_model_"
 
 # The settings the user gave for the model file being loaded, and those it declared.
 _GIVEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("given", default=None)
@@ -128,7 +131,7 @@ def load_model_file(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
-    name = f"pyro_gem_model_{abs(hash(str(path.resolve())))}"
+    name = f"{MODULE_PREFIX}{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name

@@ -116,7 +116,9 @@ def train(
     """Meta-train ``learner`` on batches drawn from ``tasks``.
 
     :param learner: a learner with ``step(batch)``, ``state_dict()`` and ``load_state_dict()``.
-    :param tasks: a task family with ``sample(num_tasks, generator)`` and ``test_tasks(n)``.
+    :param tasks: a task family with ``sample(num_tasks, generator)`` and ``test_tasks(n)``
+        (or a runner's :class:`~pyro_gem.runners.WorkerTasks`, whose data stay with its
+        workers: no held-out evaluation then, ``eval_every=0``).
     :param meta_iterations: the total number of meta-iterations (including resumed ones).
     :param meta_batch: tasks per meta-iteration.
     :param seed: seeds the task stream and Pyro's sampling.
@@ -165,11 +167,19 @@ def train(
         group.setdefault("initial_lr", group["lr"])
     metrics = score_metrics(getattr(tasks, "metrics", ()))
     watched = metrics[1] if len(metrics) > 1 else metrics[0]
-    with torch.random.fork_rng():
-        # A metric that cannot score this model (MetricError) fails here, not after hours.
-        meta_test(learner, tasks.test_tasks(2), steps=(0,), metrics=metrics, num_samples=2)
-    heldout_tasks = getattr(tasks, "validation_tasks", tasks.test_tasks)
-    heldout = heldout_tasks(eval_tasks) if eval_every else None
+    heldout = None
+    if hasattr(tasks, "test_tasks"):
+        with torch.random.fork_rng():
+            # A metric that cannot score this model (MetricError) fails here, not after hours.
+            meta_test(learner, tasks.test_tasks(2), steps=(0,), metrics=metrics, num_samples=2)
+        heldout_tasks = getattr(tasks, "validation_tasks", tasks.test_tasks)
+        heldout = heldout_tasks(eval_tasks) if eval_every else None
+    elif eval_every:
+        raise ValueError(
+            f"eval_every={eval_every}: these tasks have no held-out tasks here (their data stay "
+            "with the workers, pyro_gem.runners.WorkerTasks); train with eval_every=0 and "
+            "meta-test where the test tasks are"
+        )
     last_score = math.nan
     bar = tqdm(
         range(start, meta_iterations),

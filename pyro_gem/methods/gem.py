@@ -27,7 +27,7 @@ import torch
 
 from pyro_gem.core.batch import TaskBatch
 from pyro_gem.core.estimators import GradientEM
-from pyro_gem.core.inner import InnerFit, InnerVI
+from pyro_gem.core.inner import FitParams, InnerFit, InnerVI
 from pyro_gem.core.priors import GaussianPrior
 from pyro_gem.methods.base import MetaLearner, rollout_stats, warn_diverged
 
@@ -44,6 +44,9 @@ class GEMBML(MetaLearner):
     :param inner: the inner VI (guide, optimiser, steps, particles).
     :param query_steps: steps of the second inner run (λ_tr⊕val); defaults to ``inner.steps``.
     :param update: ``"sequential"`` (the paper's) or ``"joint"``.
+    :param runner: where the inner loops run (:mod:`pyro_gem.runners`: in shards in this
+        process, or on Ray workers); ``None`` fits every task here in one vectorised SVI. The
+        meta-update happens here either way, from the posteriors' parameters alone.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class GEMBML(MetaLearner):
         inner: InnerVI | None = None,
         query_steps: int | None = None,
         update: str = "sequential",
+        runner=None,
     ):
         if update not in ("sequential", "joint"):
             raise ValueError(f"update must be 'sequential' or 'joint', got {update!r}")
@@ -64,6 +68,7 @@ class GEMBML(MetaLearner):
         self.query_steps = self.inner.steps if query_steps is None else int(query_steps)
         self.update = update
         self.estimator = GradientEM(plus=plus)
+        self.runner = runner
 
     @property
     def name(self) -> str:
@@ -104,12 +109,18 @@ class GEMBML(MetaLearner):
         )
         return support, joint
 
-    def gradient_em(
-        self, support: InnerFit, joint: InnerFit, tasks: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def inner_result(self, batch: TaskBatch) -> tuple[FitParams, FitParams]:
+        """What a runner's worker computes for a shard of tasks and sends back: the parameters
+        of q_λtr and q_λtr⊕val (:meth:`fit_posteriors`), no data and no guide."""
+        support, joint = self.fit_posteriors(batch)
+        return support.params(), joint.params()
+
+    def gradient_em(self, support, joint, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-task Gradient-EM ascent directions (ĝ_m, ĝ_s) of L[1] or L[2] at the prior.
 
-        :param support: q_λtr, from :meth:`fit_posteriors`.
+        :param support: q_λtr, from :meth:`fit_posteriors` (an
+            :class:`~pyro_gem.core.inner.InnerFit`, or a runner's
+            :class:`~pyro_gem.core.inner.FitParams`: its ``loc`` and ``scale`` are what is read).
         :param joint: q_λtr⊕val, from :meth:`fit_posteriors`.
         :param tasks: a boolean mask ``(T,)`` of the tasks to estimate for (the finite ones).
         :returns: ``(g_loc, g_log_scale)``, each ``(tasks.sum(), D)``.
@@ -127,7 +138,10 @@ class GEMBML(MetaLearner):
             norms, the median prior scale and the tasks left out for non-finite values.
         """
         num_tasks = batch.validate()
-        support, joint = self.fit_posteriors(batch)
+        if self.runner is None:
+            support, joint = self.fit_posteriors(batch)
+        else:
+            support, joint = self.runner.inner_result(self, batch)
         ok = support.finite & joint.finite
         bad = (~ok).nonzero().flatten().tolist()
         stats = {

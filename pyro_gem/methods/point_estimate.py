@@ -38,7 +38,7 @@ from pyro_gem.core.estimators import implicit_gradient, proximal_newton, sgd_ada
 from pyro_gem.core.inner import InnerVI, TasksModel
 from pyro_gem.core.posterior import ParticlePosterior
 from pyro_gem.core.priors import GaussianPrior
-from pyro_gem.methods.base import MetaLearner
+from pyro_gem.methods.base import MetaLearner, rollout_stats, warn_diverged
 
 __all__ = ["IMAML", "MAML", "PreTraining", "Reptile"]
 
@@ -89,6 +89,29 @@ class _PointEstimateLearner(MetaLearner):
         # adapt() runs the same K gradient steps through Pyro SVI with a delta guide.
         return self.prior.loc.detach(), torch.full_like(self.prior.loc, _FLAT_PRIOR_SCALE)
 
+    runner = None
+
+    def step(self, batch: TaskBatch) -> dict:
+        if self.runner is None:
+            return super().step(batch)
+        # Each task's meta-gradient comes from the workers (inner_result); a task whose
+        # gradient or objective is not finite is left out, as in-process.
+        num_tasks = batch.validate()
+        grads, loglik = self.runner.inner_result(self, batch)
+        ok = torch.isfinite(grads).all(-1) & torch.isfinite(loglik)
+        bad = (~ok).nonzero().flatten().tolist()
+        warn_diverged(bad, num_tasks, stacklevel=3)
+        self.meta_optim.zero_grad()
+        stats = {"meta_objective": float("nan"), "nan_tasks": bad}
+        if ok.any():
+            self.prior.loc.grad = grads[ok].mean(0)
+            stats["meta_objective"] = loglik[ok].mean().item()
+            stats["grad_norm_loc"] = self.prior.loc.grad.norm().item()
+            self.meta_optim.step()
+        stats["prior_scale_median"] = self.prior.scale.median().item()
+        rollout_stats(batch, stats)
+        return stats
+
 
 class MAML(_PointEstimateLearner):
     """MAML: backpropagation through K inner gradient steps, objective L[2].
@@ -97,9 +120,16 @@ class MAML(_PointEstimateLearner):
         query loss's gradient at θ_K.
     """
 
-    def __init__(self, *args, first_order: bool = False, **kwargs):
+    def __init__(self, *args, first_order: bool = False, runner=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.first_order = first_order
+        if runner is not None and not first_order:
+            raise ValueError(
+                "MAML backpropagates its meta-gradient through the inner loop (second order): "
+                "its inner loops cannot run on other workers. First-order MAML "
+                "(first_order=True), Reptile and GEM-BML(+) need only each task's inner result"
+            )
+        self.runner = runner
 
     @property
     def name(self) -> str:
@@ -116,6 +146,17 @@ class MAML(_PointEstimateLearner):
             theta = loc + (theta - loc).detach()
         return -self.log_likelihood(batch.query)(theta), {}
 
+    def inner_result(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-order MAML's per-task meta-gradient, the query loss's gradient at θ_K
+        ``(T, D)``, and the query log-likelihood ``(T,)``: what a runner's worker sends back."""
+        batch.collect_support(self.prior.loc.detach().expand(len(batch), -1))
+        theta = self.adapt_weights(batch.support)
+        batch.collect_query(theta)
+        theta = theta.detach().requires_grad_()
+        loglik = self.log_likelihood(batch.query)(theta)
+        (grad,) = torch.autograd.grad(-loglik.sum(), theta)
+        return grad, loglik.detach()
+
 
 class Reptile(_PointEstimateLearner):
     """Reptile: move the prior mean towards the adapted weights θ_K(D_tr ∪ D_val).
@@ -123,11 +164,18 @@ class Reptile(_PointEstimateLearner):
     The meta-optimiser receives −mean_τ(θ_K − m) as the gradient (Reptile with an optimiser, as
     in Nichol et al.'s implementation): it is the gradient of ½‖m − stop_grad(θ_K)‖². Plain SGD
     with step ε gives m ← m + ε·mean(θ_K − m).
+
+    :param runner: where the inner loops run (:mod:`pyro_gem.runners`): the update needs only
+        each task's θ_K, so they may run on other workers.
     """
 
     name = "reptile"
 
-    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+    def __init__(self, *args, runner=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runner = runner
+
+    def _adapted(self, batch: TaskBatch) -> tuple[torch.Tensor, tuple]:
         if getattr(batch, "on_policy", False):
             # Meta-RL: K steps on D_tr (m's rollouts), then K more on D_val (the rollouts of
             # the adapted policy), each on the data of the policy it updates.
@@ -138,12 +186,22 @@ class Reptile(_PointEstimateLearner):
             theta = sgd_adapt(
                 self.log_likelihood(data), first, self.inner.steps, self.inner_lr, False
             )
-        else:
-            data = batch.joint()
-            theta = self.adapt_weights(data)
+            return theta, data
+        data = batch.joint()
+        return self.adapt_weights(data), data
+
+    def task_losses(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        theta, data = self._adapted(batch)
         loglik = self.log_likelihood(data)(theta)
         stats = {"meta_objective": loglik[loglik.isfinite()].mean().item()}
         return 0.5 * (self.prior.loc - theta).square().sum(-1), stats
+
+    def inner_result(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per task, the gradient of ½‖m − θ_K‖², m − θ_K ``(T, D)``, and log P(D | θ_K)
+        ``(T,)``: what a runner's worker computes for a shard of tasks and sends back."""
+        theta, data = self._adapted(batch)
+        loglik = self.log_likelihood(data)(theta)
+        return (self.prior.loc.detach() - theta).detach(), loglik.detach()
 
 
 class PreTraining(_PointEstimateLearner):

@@ -46,7 +46,17 @@ from pyro_gem.methods.maml_trpo import MAMLTRPO
 from pyro_gem.methods.point_estimate import IMAML, MAML, NEWTON, PreTraining, Reptile
 from pyro_gem.rl.trust_region import TrustRegionVI
 
-__all__ = ["INNER_OPTIMS", "METHODS", "METHOD_TABLE", "TRUST_REGION", "Method", "build"]
+__all__ = [
+    "INNER_OPTIMS",
+    "METHODS",
+    "METHOD_TABLE",
+    "NOT_ON_WORKERS",
+    "TRUST_REGION",
+    "Method",
+    "attach_runner",
+    "build",
+    "check_on_workers",
+]
 
 #: The ``inner_optim`` of GEM-BML(+)'s trust-region steps on a policy's posterior (meta-RL:
 #: :class:`~pyro_gem.rl.trust_region.TrustRegionVI`, δ = ``max_kl``; ``inner_lr`` steps the
@@ -212,6 +222,39 @@ METHOD_TABLE: dict[str, Method] = {
 
 #: Method names as the CLI and the benchmarks spell them.
 METHODS = tuple(METHOD_TABLE)
+
+#: Why these methods' inner loops cannot run on other workers (:mod:`pyro_gem.runners`); the
+#: others' meta-updates need only each task's inner result (posterior parameters, θ_K or the
+#: first-order gradient).
+NOT_ON_WORKERS = {
+    "abml": "its meta-gradient backpropagates through the inner VI",
+    "abml+": "its meta-gradient backpropagates through the inner VI",
+    "kl-chaser": "its meta-gradient backpropagates through the inner VI",
+    "bmaml": "its meta-gradient backpropagates through the SVGD steps",
+    "maml": "its meta-gradient backpropagates through the inner steps (second order)",
+    "imaml": "its implicit gradient is solved in the meta-step; not supported on workers",
+    "pretrain": "it fits one network to every task's data pooled; not supported on workers",
+}
+
+
+def attach_runner(name: str, learner, runner) -> None:
+    """Run ``learner``'s inner loops through ``runner`` (:mod:`pyro_gem.runners`).
+
+    :raises ValueError: for a method whose meta-update needs more than each task's inner
+        result, saying why (:func:`check_on_workers`).
+    """
+    check_on_workers(name)
+    learner.runner = runner
+
+
+def check_on_workers(name: str) -> None:
+    """Refuse (ValueError, saying why) a method whose inner loops cannot run on workers."""
+    if name in NOT_ON_WORKERS:
+        able = [m for m in METHODS if m not in NOT_ON_WORKERS]
+        raise ValueError(
+            f"{name} cannot run its inner loops on workers: {NOT_ON_WORKERS[name]}. The "
+            f"methods that can: {able}"
+        )
 
 
 def build(name: str, model: Callable, prior: GaussianPrior, config: dict):

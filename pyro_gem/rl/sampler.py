@@ -114,6 +114,20 @@ class RolloutSampler:
         self.action_dim = int(np.prod(self.env.action_space.shape))
         self._batched: dict[int, object] = {}
 
+    def __getstate__(self) -> dict:
+        # The environments are rebuilt from their id where the sampler is unpickled (a Ray
+        # worker fitting a meta-RL shard), not shipped.
+        state = dict(self.__dict__)
+        for key in ("env", "meta_env", "_batched"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.env = make_meta_env(self.env_id)
+        self.meta_env = self.env.unwrapped
+        self._batched = {}
+
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
         """``num_tasks`` tasks from the environment's task distribution."""
         return self.meta_env.sample_tasks(num_tasks, rng)
