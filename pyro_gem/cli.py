@@ -21,7 +21,7 @@ from pyro_gem.config import DEFAULTS, build_learner, load_seeded, resolve_config
 from pyro_gem.methods.registry import INNER_OPTIMS, METHODS, NEWTON, attach_runner, check_on_workers
 from pyro_gem.modelfile import parse_settings
 from pyro_gem.run import load_run, run_meta_test
-from pyro_gem.runners import LocalRunner
+from pyro_gem.runners import LocalRunner, ShardFailed
 from pyro_gem.training import train
 
 __all__ = ["format_scores", "main"]
@@ -191,9 +191,9 @@ def _train(args) -> int:
                 f"--resume: options {sorted(changed)} differ from the checkpoint's; resuming "
                 "continues the same run, so they must match"
             )
-    learner = build_learner(mf, config, args.device)
     if args.workers or args.ray_address or config["shards"]:
         check_on_workers(config["method"])  # before a Ray runtime starts
+    learner = build_learner(mf, config, args.device)
     runner = _runner(args, config)
     try:
         if runner is not None:
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _train(args) if args.command == "train" else _evaluate(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ShardFailed) as err:
         print(f"pyro-gem: error: {err}", file=sys.stderr)
         return 2
 

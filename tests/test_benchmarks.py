@@ -232,3 +232,19 @@ def test_a_fewshot_run_directory_of_other_options_is_not_resumed(tmp_path):
         check_resumable(tmp_path, {**config, "inner_lr": 9.0, "settings": {"ways": 20}})
     with pytest.raises(SystemExit, match=r"more iterations \(4 > 3\)"):
         check_resumable(tmp_path, {**config, "meta_iterations": 3})
+
+
+@pytest.mark.slow
+def test_distributed_quick(tmp_path):
+    summary = run("benchmarks/distributed.py", "--quick", "--out", str(tmp_path))
+    assert summary["speedup_2_workers"] > 0 and summary["bytes_per_task"] > 0
+    report = json.loads((tmp_path / "distributed_quick.json").read_text())
+    sinusoid = report["results"]["sinusoid"]
+    assert set(sinusoid["seconds_per_iteration"]) == {
+        "in_process",
+        "1_workers",
+        "2_workers",
+        "2_workers_owned",
+    }
+    # Tasks that stay with the workers send no data: fewer bytes than shipping them.
+    assert sinusoid["bytes"]["owned"]["to_workers"] < sinusoid["bytes"]["shipped"]["to_workers"]

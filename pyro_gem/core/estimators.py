@@ -32,11 +32,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 __all__ = [
     "GradientEM",
+    "GradientSum",
     "conjugate_gradient",
     "gem_gradient",
     "gem_plus_gradient",
@@ -102,6 +104,66 @@ class GradientEM:
         if self.plus:
             return gem_plus_gradient(loc, log_scale, joint, support)
         return gem_gradient(loc, log_scale, *joint)
+
+
+@dataclass
+class GradientSum:
+    """Per-task meta-gradients summed over a batch's finite tasks: what a runner's worker sends
+    back for its shard (:mod:`pyro_gem.runners`), one vector per meta-parameter however many
+    tasks it fitted, with a flag and a few numbers per task.
+
+    :ivar total: for each meta-parameter, the sum over the finite tasks of its per-task
+        gradient ``(D,)`` (Gradient-EM: the ascent directions of the prior's loc and log-scale).
+    :ivar finite: per task, whether it counted, ``(T,)`` bool (a diverged task is left out).
+    :ivar per_task: named per-task numbers ``(T,)`` (e.g. the query log-likelihood).
+    :ivar losses: named inner runs' losses, each summed over the tasks at each step.
+    """
+
+    total: tuple[torch.Tensor, ...]
+    finite: torch.Tensor
+    per_task: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        grads: Sequence[torch.Tensor],
+        finite: torch.Tensor,
+        per_task: dict[str, torch.Tensor] | None = None,
+        losses: dict[str, list[float]] | None = None,
+    ) -> GradientSum:
+        """Sum the per-task gradients of the ``finite`` tasks (``grads``: each
+        ``(finite.sum(), D)``, the finite tasks' rows only)."""
+        total = tuple(g.sum(0) for g in grads)
+        return cls(total, finite, dict(per_task or {}), dict(losses or {}))
+
+    @property
+    def count(self) -> int:
+        """How many tasks counted."""
+        return int(self.finite.sum())
+
+    def mean(self) -> tuple[torch.Tensor, ...]:
+        """The mean over the finite tasks of each meta-gradient (NaN if none counted)."""
+        return tuple(t / self.count for t in self.total)
+
+    @classmethod
+    def cat(cls, parts: Sequence[GradientSum]) -> GradientSum:
+        """The shards' sums as one sum over all their tasks (totals added in shard order,
+        per-task entries concatenated, losses added step by step)."""
+        total = tuple(torch.stack(ts).sum(0) for ts in zip(*(p.total for p in parts)))
+        per_task = {k: torch.cat([p.per_task[k] for p in parts]) for k in parts[0].per_task}
+        losses = {
+            k: [sum(step) for step in zip(*(p.losses[k] for p in parts))] for k in parts[0].losses
+        }
+        return cls(total, torch.cat([p.finite for p in parts]), per_task, losses)
+
+    def to(self, device: torch.device) -> GradientSum:
+        return GradientSum(
+            tuple(t.to(device) for t in self.total),
+            self.finite.to(device),
+            {k: v.to(device) for k, v in self.per_task.items()},
+            self.losses,
+        )
 
 
 def sgd_adapt(

@@ -38,7 +38,6 @@ from pyro_gem.core.guides import guide_params, resolve_guide, set_guide_params
 from pyro_gem.core.whiten import DECENTERED, WhitenReparam
 
 __all__ = [
-    "FitParams",
     "InnerFit",
     "InnerProblem",
     "InnerVI",
@@ -197,37 +196,6 @@ class InnerProblem:
 
 
 @dataclass
-class FitParams:
-    """What a meta-update reads of an inner fit of T tasks: what a worker sends back
-    (:mod:`pyro_gem.runners`), the guide and its graph staying where they ran.
-
-    :ivar loc: posterior means ``(T, D)``.
-    :ivar scale: posterior standard deviations ``(T, D)``, or ``None`` for a delta guide.
-    :ivar losses: the SVI loss, summed over the T tasks, at each inner step.
-    """
-
-    loc: torch.Tensor
-    scale: torch.Tensor | None
-    losses: list[float] = field(default_factory=list)
-
-    @property
-    def finite(self) -> torch.Tensor:
-        """Per task: whether the fitted parameters are all finite, ``(T,)`` bool."""
-        return finite_tasks(self.loc, self.scale)
-
-    @classmethod
-    def cat(cls, parts: list[FitParams]) -> FitParams:
-        """The shards' fits as one fit of all their tasks (losses summed step by step)."""
-        scale = None if parts[0].scale is None else torch.cat([p.scale for p in parts])
-        losses = [sum(step) for step in zip(*(p.losses for p in parts))]
-        return cls(torch.cat([p.loc for p in parts]), scale, losses)
-
-    def to(self, device: torch.device) -> FitParams:
-        scale = None if self.scale is None else self.scale.to(device)
-        return FitParams(self.loc.to(device), scale, self.losses)
-
-
-@dataclass
 class InnerFit:
     """The result of an inner VI run for T tasks.
 
@@ -254,10 +222,6 @@ class InnerFit:
     def finite(self) -> torch.Tensor:
         """Per task: whether the fitted parameters are all finite, ``(T,)`` bool."""
         return finite_tasks(self.loc, self.scale)
-
-    def params(self) -> FitParams:
-        """The fitted posteriors' parameters and losses, without the guide."""
-        return FitParams(self.loc, self.scale, list(self.losses))
 
 
 def finite_tasks(loc: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:

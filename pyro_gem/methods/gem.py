@@ -26,8 +26,8 @@ from collections.abc import Callable
 import torch
 
 from pyro_gem.core.batch import TaskBatch
-from pyro_gem.core.estimators import GradientEM
-from pyro_gem.core.inner import FitParams, InnerFit, InnerVI
+from pyro_gem.core.estimators import GradientEM, GradientSum
+from pyro_gem.core.inner import InnerFit, InnerVI
 from pyro_gem.core.priors import GaussianPrior
 from pyro_gem.methods.base import MetaLearner, rollout_stats, warn_diverged
 
@@ -109,18 +109,19 @@ class GEMBML(MetaLearner):
         )
         return support, joint
 
-    def inner_result(self, batch: TaskBatch) -> tuple[FitParams, FitParams]:
-        """What a runner's worker computes for a shard of tasks and sends back: the parameters
-        of q_λtr and q_λtr⊕val (:meth:`fit_posteriors`), no data and no guide."""
+    def inner_result(self, batch: TaskBatch) -> GradientSum:
+        """What a runner's worker computes for a shard of tasks and sends back: the
+        Gradient-EM ascent directions (ĝ_m, ĝ_s) summed over the shard's finite tasks (two
+        vectors however many tasks), which tasks counted, and the two inner runs' losses."""
         support, joint = self.fit_posteriors(batch)
-        return support.params(), joint.params()
+        ok = support.finite & joint.finite
+        losses = {"support": list(support.losses), "query": list(joint.losses)}
+        return GradientSum.of(self.gradient_em(support, joint, ok), ok, losses=losses)
 
     def gradient_em(self, support, joint, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-task Gradient-EM ascent directions (ĝ_m, ĝ_s) of L[1] or L[2] at the prior.
 
-        :param support: q_λtr, from :meth:`fit_posteriors` (an
-            :class:`~pyro_gem.core.inner.InnerFit`, or a runner's
-            :class:`~pyro_gem.core.inner.FitParams`: its ``loc`` and ``scale`` are what is read).
+        :param support: q_λtr, from :meth:`fit_posteriors`.
         :param joint: q_λtr⊕val, from :meth:`fit_posteriors`.
         :param tasks: a boolean mask ``(T,)`` of the tasks to estimate for (the finite ones).
         :returns: ``(g_loc, g_log_scale)``, each ``(tasks.sum(), D)``.
@@ -140,13 +141,24 @@ class GEMBML(MetaLearner):
         num_tasks = batch.validate()
         if self.runner is None:
             support, joint = self.fit_posteriors(batch)
+            ok = support.finite & joint.finite
+            losses = support.losses, joint.losses
+
+            def ascent():
+                return tuple(g.mean(0) for g in self.gradient_em(support, joint, ok))
+
         else:
-            support, joint = self.runner.inner_result(self, batch)
-        ok = support.finite & joint.finite
+            # The workers send the directions summed over their shards' finite tasks.
+            sums = self.runner.inner_result(self, batch)
+            ok, losses, ascent = (
+                sums.finite,
+                (sums.losses["support"], sums.losses["query"]),
+                sums.mean,
+            )
         bad = (~ok).nonzero().flatten().tolist()
         stats = {
-            "elbo_support": _last(support.losses, -1.0 / num_tasks),
-            "elbo_query": _last(joint.losses, -1.0 / num_tasks),
+            "elbo_support": _last(losses[0], -1.0 / num_tasks),
+            "elbo_query": _last(losses[1], -1.0 / num_tasks),
             "nan_tasks": bad,
         }
         if self.update == "sequential":
@@ -160,10 +172,10 @@ class GEMBML(MetaLearner):
         self.meta_optim.zero_grad()
         warn_diverged(bad, num_tasks, stacklevel=3)
         if ok.any():
-            g_loc, g_log_scale = self.gradient_em(support, joint, ok)
+            g_loc, g_log_scale = ascent()
             # The optimiser minimises −L: the gradient is minus the ascent direction.
-            self.prior.loc.grad = -g_loc.mean(0)
-            self.prior.log_scale.grad = -g_log_scale.mean(0)
+            self.prior.loc.grad = -g_loc
+            self.prior.log_scale.grad = -g_log_scale
             stats["grad_norm_loc"] = self.prior.loc.grad.norm().item()
             stats["grad_norm_log_scale"] = self.prior.log_scale.grad.norm().item()
             self.meta_optim.step()

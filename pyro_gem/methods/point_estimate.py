@@ -34,7 +34,7 @@ import pyro
 import torch
 
 from pyro_gem.core.batch import TaskBatch, validate_task_args
-from pyro_gem.core.estimators import implicit_gradient, proximal_newton, sgd_adapt
+from pyro_gem.core.estimators import GradientSum, implicit_gradient, proximal_newton, sgd_adapt
 from pyro_gem.core.inner import InnerVI, TasksModel
 from pyro_gem.core.posterior import ParticlePosterior
 from pyro_gem.core.priors import GaussianPrior
@@ -97,20 +97,27 @@ class _PointEstimateLearner(MetaLearner):
         # Each task's meta-gradient comes from the workers (inner_result); a task whose
         # gradient or objective is not finite is left out, as in-process.
         num_tasks = batch.validate()
-        grads, loglik = self.runner.inner_result(self, batch)
-        ok = torch.isfinite(grads).all(-1) & torch.isfinite(loglik)
+        sums = self.runner.inner_result(self, batch)
+        ok = sums.finite
         bad = (~ok).nonzero().flatten().tolist()
         warn_diverged(bad, num_tasks, stacklevel=3)
         self.meta_optim.zero_grad()
         stats = {"meta_objective": float("nan"), "nan_tasks": bad}
         if ok.any():
-            self.prior.loc.grad = grads[ok].mean(0)
-            stats["meta_objective"] = loglik[ok].mean().item()
+            (self.prior.loc.grad,) = sums.mean()
+            stats["meta_objective"] = sums.per_task["loglik"][ok].mean().item()
             stats["grad_norm_loc"] = self.prior.loc.grad.norm().item()
             self.meta_optim.step()
         stats["prior_scale_median"] = self.prior.scale.median().item()
         rollout_stats(batch, stats)
         return stats
+
+
+def _finite_sum(grads: torch.Tensor, loglik: torch.Tensor) -> GradientSum:
+    """Per-task gradients ``(T, D)`` summed over the tasks whose gradient and log-likelihood
+    are finite (the others are left out, as in-process)."""
+    ok = torch.isfinite(grads).all(-1) & torch.isfinite(loglik)
+    return GradientSum.of((grads[ok],), ok, per_task={"loglik": loglik})
 
 
 class MAML(_PointEstimateLearner):
@@ -146,16 +153,17 @@ class MAML(_PointEstimateLearner):
             theta = loc + (theta - loc).detach()
         return -self.log_likelihood(batch.query)(theta), {}
 
-    def inner_result(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """First-order MAML's per-task meta-gradient, the query loss's gradient at θ_K
-        ``(T, D)``, and the query log-likelihood ``(T,)``: what a runner's worker sends back."""
+    def inner_result(self, batch: TaskBatch) -> GradientSum:
+        """First-order MAML's per-task meta-gradient, the query loss's gradient at θ_K, summed
+        over the finite tasks, and the query log-likelihood ``(T,)``: what a runner's worker
+        sends back."""
         batch.collect_support(self.prior.loc.detach().expand(len(batch), -1))
         theta = self.adapt_weights(batch.support)
         batch.collect_query(theta)
         theta = theta.detach().requires_grad_()
         loglik = self.log_likelihood(batch.query)(theta)
         (grad,) = torch.autograd.grad(-loglik.sum(), theta)
-        return grad, loglik.detach()
+        return _finite_sum(grad, loglik.detach())
 
 
 class Reptile(_PointEstimateLearner):
@@ -196,12 +204,12 @@ class Reptile(_PointEstimateLearner):
         stats = {"meta_objective": loglik[loglik.isfinite()].mean().item()}
         return 0.5 * (self.prior.loc - theta).square().sum(-1), stats
 
-    def inner_result(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per task, the gradient of ½‖m − θ_K‖², m − θ_K ``(T, D)``, and log P(D | θ_K)
-        ``(T,)``: what a runner's worker computes for a shard of tasks and sends back."""
+    def inner_result(self, batch: TaskBatch) -> GradientSum:
+        """The gradient of ½‖m − θ_K‖², m − θ_K, summed over the finite tasks, and
+        log P(D | θ_K) ``(T,)``: what a runner's worker computes for a shard and sends back."""
         theta, data = self._adapted(batch)
         loglik = self.log_likelihood(data)(theta)
-        return (self.prior.loc.detach() - theta).detach(), loglik.detach()
+        return _finite_sum((self.prior.loc.detach() - theta).detach(), loglik.detach())
 
 
 class PreTraining(_PointEstimateLearner):

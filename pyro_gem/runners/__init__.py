@@ -11,12 +11,12 @@ Example::
 :class:`RayRunner` needs Ray (``pip install "pyro-gem[ray]"``); it is imported on first use.
 """
 
-from pyro_gem.core.inner import FitParams
-from pyro_gem.runners.base import LocalRunner, OwnedBatch, Runner, WorkerTasks
+from pyro_gem.core.estimators import GradientSum
+from pyro_gem.runners.base import LocalRunner, OwnedBatch, Runner, ShardFailed, WorkerTasks
 from pyro_gem.runners.shards import ShardResult
 
 __all__ = [
-    "FitParams",
+    "GradientSum",
     "LocalRunner",
     "OwnedBatch",
     "RayRunner",
@@ -28,10 +28,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("RayRunner", "ShardFailed"):
+    if name == "RayRunner":
         try:
-            from pyro_gem.runners import ray_runner
+            from pyro_gem.runners.ray_runner import RayRunner
         except ImportError as err:
             raise ImportError(f"{name} needs Ray: pip install 'pyro-gem[ray]' ({err})") from err
-        return getattr(ray_runner, name)
+        return RayRunner
     raise AttributeError(f"module 'pyro_gem.runners' has no attribute {name!r}")

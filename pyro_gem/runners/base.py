@@ -2,8 +2,8 @@
 
 A learner that takes a runner (:class:`~pyro_gem.methods.gem.GEMBML`) hands it the batch in
 its ``step``; the runner cuts the batch into shards (:mod:`pyro_gem.runners.shards`), has each
-fitted (the learner's ``inner_result``), and returns the posteriors' parameters, from which
-``step`` computes the Gradient-EM estimate and steps the meta-optimiser as it does in-process. :class:`LocalRunner` fits the
+fitted (the learner's ``inner_result``: the Gradient-EM estimate summed over each shard's
+tasks), and returns the sum over every task, from which ``step`` steps the meta-optimiser. :class:`LocalRunner` fits the
 shards one after another in this process, :class:`~pyro_gem.runners.RayRunner` on Ray workers;
 with the same shards both give the same prior.
 
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pyro_gem.core.estimators import GradientSum
 from pyro_gem.runners.shards import (
     ShardResult,
     draw_seeds,
@@ -41,7 +42,12 @@ from pyro_gem.runners.shards import (
     shard_slices,
 )
 
-__all__ = ["LocalRunner", "OwnedBatch", "Runner", "WorkerTasks"]
+__all__ = ["LocalRunner", "OwnedBatch", "Runner", "ShardFailed", "WorkerTasks"]
+
+
+class ShardFailed(RuntimeError):
+    """A shard's worker failed more often than it was allowed to be retried: the
+    meta-iteration did not update the prior."""
 
 
 @dataclass
@@ -126,9 +132,10 @@ class Runner:
             )
         return WorkerTasks(len(self.families))
 
-    def inner_result(self, learner, batch) -> tuple:
-        """``learner.inner_result(batch)``, computed shard by shard (GEM-BML: the two
-        posteriors of every task, as :class:`~pyro_gem.core.inner.FitParams`)."""
+    def inner_result(self, learner, batch) -> GradientSum:
+        """``learner.inner_result(batch)``, computed shard by shard: the per-task meta-gradients
+        summed over every finite task of the batch
+        (:class:`~pyro_gem.core.estimators.GradientSum`)."""
         owned = isinstance(batch, OwnedBatch)
         if owned and self.families is None:
             raise ValueError("this batch's tasks are owned by workers, but this runner has none")

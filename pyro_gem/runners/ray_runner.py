@@ -2,8 +2,9 @@
 in the driver.
 
 Gradient-EM needs from a task only its two fitted posteriors, so a worker receives the prior
-(m, log σ) and a shard of tasks, and returns (μ, σ) of q_λtr and q_λtr⊕val per task: a few
-vectors, never data gradients. The learner (its model, prior layout and inner VI, without the
+(m, log σ) and a shard of tasks, fits q_λtr and q_λtr⊕val for each, and returns the Gradient-EM
+estimate summed over the shard's tasks: two vectors of the prior's size per shard, never data or
+data gradients. The learner (its model, prior layout and inner VI, without the
 meta-optimiser) goes into Ray's object store once; each worker deserialises it once and keeps it.
 
 Ray does the rest: it schedules the shards on free workers, and when a worker process dies it
@@ -39,17 +40,13 @@ import ray
 import torch
 
 from pyro_gem.modelfile import MODULE_PREFIX
-from pyro_gem.runners.base import Runner
+from pyro_gem.runners.base import Runner, ShardFailed
 from pyro_gem.runners.shards import ShardResult, fit_shard, inner_replica, prior_state
 
-__all__ = ["RayRunner", "ShardFailed"]
+__all__ = ["RayRunner"]
 
 # The replicas this worker process has been sent, by object id (a few: one per learner).
 _REPLICAS: OrderedDict = OrderedDict()
-
-
-class ShardFailed(RuntimeError):
-    """A shard's worker failed more often than Ray was allowed to retry it."""
 
 
 def _replica(box: list):

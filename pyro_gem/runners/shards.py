@@ -1,9 +1,11 @@
 """A meta-iteration's inner loops cut into shards: what a worker receives, runs and returns.
 
-Gradient-EM needs from each task only its two fitted posteriors, q_λtr and q_λtr⊕val
-(:meth:`GEMBML.inner_result <pyro_gem.methods.gem.GEMBML.inner_result>`): a shard of tasks
-can be fitted anywhere, and returns two means and two scales per task (Reptile: its adapted
-weights). A shard is a contiguous
+Gradient-EM needs from each task only its two fitted posteriors, q_λtr and q_λtr⊕val, and its
+estimate is a mean over tasks: a shard of tasks can be fitted anywhere, and its worker sends
+back the estimate summed over the shard's finite tasks
+(:meth:`GEMBML.inner_result <pyro_gem.methods.gem.GEMBML.inner_result>`): two vectors of the
+prior's size however many tasks the shard held, a flag per task and the inner losses (Reptile,
+first-order MAML: their per-task meta-gradients, summed likewise). A shard is a contiguous
 block of the meta-batch; its inner VI (and its rollouts, on meta-RL tasks) runs under seeds of its
 own, drawn by the driver from its random stream, so a shard's result depends on the shard layout
 and the driver's seed, never on which process or machine fits it. The in-process
@@ -18,7 +20,7 @@ Example::
     seeds = draw_seeds(2)                                  # from the driver's stream
     parts = [fit_shard(replica, shard_batch(batch, s, seed), seed, prior_state(learner))
              for s, seed in zip(shard_slices(len(batch), 2), seeds)]
-    support, joint = merge(parts, batch)                   # what GEMBML.step reads
+    sums = merge(parts, batch)                             # what GEMBML.step reads
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pyro_gem.core.inner import FitParams
+from pyro_gem.core.estimators import GradientSum
 
 __all__ = [
     "ShardResult",
@@ -47,13 +49,14 @@ class ShardResult:
     """A fitted shard: the learner's inner result for its tasks and its batch's per-task
     statistics.
 
-    :ivar result: ``learner.inner_result(batch)``: a tuple of per-task values, each a tensor
-        ``(T, ...)`` or a :class:`~pyro_gem.core.inner.FitParams` (GEM-BML: q_λtr, q_λtr⊕val).
+    :ivar result: ``learner.inner_result(batch)``: the per-task meta-gradients summed over the
+        shard's finite tasks, with which tasks counted
+        (:class:`~pyro_gem.core.estimators.GradientSum`).
     :ivar info: the shard's per-task entries of ``batch.info`` that fitting produced (the
         returns of the rollouts a meta-RL shard collected).
     """
 
-    result: tuple
+    result: GradientSum
     info: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -121,21 +124,13 @@ def fit_shard(
         before = set(batch.info)
         result = learner.inner_result(batch)
     info = {k: v for k, v in batch.info.items() if k not in before}
-    return ShardResult(tuple(result), info)
+    return ShardResult(result, info)
 
 
-def merge(parts: list[ShardResult], batch, device: torch.device | None = None) -> tuple:
-    """The shards' inner results as one result for the whole batch (each entry concatenated
-    over tasks, on ``device``); the per-task statistics are written into ``batch.info`` as
-    fitting in-process would."""
-
-    def cat(values):
-        if isinstance(values[0], FitParams):
-            out = FitParams.cat(values)
-        else:
-            out = torch.cat(values)
-        return out if device is None else out.to(device)
-
+def merge(parts: list[ShardResult], batch, device: torch.device | None = None) -> GradientSum:
+    """The shards' sums as one sum over the whole batch (on ``device``); the per-task
+    statistics are written into ``batch.info`` as fitting in-process would."""
     for key in parts[0].info:
         batch.info[key] = torch.cat([p.info[key] for p in parts])
-    return tuple(cat([p.result[i] for p in parts]) for i in range(len(parts[0].result)))
+    out = GradientSum.cat([p.result for p in parts])
+    return out if device is None else out.to(device)

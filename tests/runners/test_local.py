@@ -10,7 +10,7 @@ from sinusoid_fixtures import small_sinusoid
 
 from pyro_gem import GEMBML, InnerVI, Sinusoid, TaskBatch
 from pyro_gem.config import DEFAULTS
-from pyro_gem.core.inner import FitParams
+from pyro_gem.core.estimators import GradientSum
 from pyro_gem.methods.registry import NOT_ON_WORKERS, attach_runner, build
 from pyro_gem.runners import LocalRunner, OwnedBatch, WorkerTasks
 from pyro_gem.runners.shards import shard_slices
@@ -50,13 +50,25 @@ def test_shards_cover_the_tasks_in_order_without_empty_blocks(num_tasks, shards)
         shard_slices(4, 0)
 
 
-def test_fit_params_concatenate_over_tasks_and_sum_losses():
-    a = FitParams(torch.zeros(2, 3), torch.ones(2, 3), [1.0, 2.0])
-    b = FitParams(torch.full((1, 3), float("nan")), torch.ones(1, 3), [3.0, 4.0])
-    out = FitParams.cat([a, b])
-    assert out.loc.shape == (3, 3) and out.losses == [4.0, 6.0]
-    assert out.finite.tolist() == [True, True, False]
-    assert FitParams.cat([FitParams(torch.zeros(1, 2), None)]).scale is None
+def test_gradient_sums_add_over_shards_and_count_only_finite_tasks():
+    a = GradientSum.of((torch.ones(2, 3),), torch.tensor([True, True]), {"x": torch.zeros(2)})
+    a.losses = {"support": [1.0, 2.0]}
+    b = GradientSum.of(
+        (torch.full((1, 3), 4.0),), torch.tensor([False, True]), {"x": torch.ones(2)}
+    )
+    b.losses = {"support": [3.0, 4.0]}
+    out = GradientSum.cat([a, b])
+    assert out.count == 3 and out.finite.tolist() == [True, True, False, True]
+    assert torch.equal(out.mean()[0], torch.full((3,), 2.0))
+    assert out.per_task["x"].tolist() == [0, 0, 1, 1] and out.losses["support"] == [4.0, 6.0]
+
+
+def test_a_shard_sends_back_two_vectors_however_many_tasks_it_fits():
+    learner = gem_learner()
+    batch = Sinusoid().sample(5, torch.Generator().manual_seed(0))
+    sums = learner.inner_result(batch)
+    assert [t.shape for t in sums.total] == [learner.prior.loc.shape] * 2
+    assert sums.finite.shape == (5,) and sums.count == 5
 
 
 @pytest.mark.parametrize("guide", ["normal", "delta"])
@@ -106,7 +118,9 @@ def test_methods_that_backpropagate_through_the_inner_loop_are_refused(method):
     model, prior = small_sinusoid()
     config = {**DEFAULTS, "inner_optim": "sgd", "num_particles": 2}
     learner = build(method, model, prior, config)
-    with pytest.raises(ValueError, match=re.escape(f"{method} cannot run its inner loops on workers")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{method} cannot run its inner loops on workers")
+    ):
         attach_runner(method, learner, LocalRunner())
 
 
@@ -124,7 +138,9 @@ def owned_family(setting):
 
 def test_worker_owned_tasks_are_sampled_by_their_families_only():
     factories = [functools.partial(owned_family, "default")] * 2
-    ref = trained(gem_learner(LocalRunner(families=factories)), LocalRunner(families=factories).tasks)
+    ref = trained(
+        gem_learner(LocalRunner(families=factories)), LocalRunner(families=factories).tasks
+    )
     runner = LocalRunner(families=factories)
     assert runner.shards == 2 and isinstance(runner.tasks, WorkerTasks)
     batch = runner.tasks.sample(5, torch.Generator().manual_seed(0))
@@ -138,6 +154,6 @@ def test_worker_owned_tasks_are_sampled_by_their_families_only():
     with pytest.raises(ValueError, match="runner.tasks"):
         gem_learner(runner).step(Sinusoid().sample(2))
     with pytest.raises(ValueError, match="families"):
-        LocalRunner(shards=2).tasks
+        _ = LocalRunner(shards=2).tasks
     with pytest.raises(ValueError, match="families"):
         LocalRunner(families=[1, 2])
