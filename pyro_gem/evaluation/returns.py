@@ -5,7 +5,9 @@ per update, up to 3 updates).
 Before any update the policy acts with the prior mean m; update u adapts the posterior of
 update u − 1 (the prior for the first) to the rollouts of its own policy, by the learner's inner
 loop (``learner.adapt`` then ``learner.adapt_from``), and the policy of every update acts with
-its posterior mean. A task's score is its rollouts' mean undiscounted return.
+its posterior mean. A task's score is its rollouts' mean undiscounted return. MAML's own test
+(``maml_examples/test_maml_point.py`` of its code) halves the step after the first update:
+``later_step_scale=0.5`` scales the inner optimiser's learning rate of updates 2, 3, ... so.
 
 Example::
 
@@ -15,14 +17,17 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from pyro_gem.evaluation.metrics import Metric, MetricError, mean_ci95
 from pyro_gem.rl.advantages import rollout_data
+from pyro_gem.rl.trust_region import TrustRegionVI
 
-__all__ = ["AverageReturn", "rollout_meta_test", "rollout_scores"]
+__all__ = ["AverageReturn", "rollout_meta_test", "rollout_scores", "scaled_inner_step"]
 
 
 class AverageReturn(Metric):
@@ -39,8 +44,41 @@ class AverageReturn(Metric):
         )
 
 
+@contextmanager
+def scaled_inner_step(learner, factor: float) -> Iterator[None]:
+    """Within the block, ``learner``'s inner optimiser steps with its learning rate times
+    ``factor`` (the learner's own inner loop is restored after).
+
+    :raises ValueError: for an inner loop without a learning rate to scale (a trust-region
+        step's size is its KL bound).
+    """
+    if factor == 1.0:
+        yield
+        return
+    inner = learner.inner
+    args = getattr(getattr(inner, "optim", None), "pt_optim_args", None)
+    if isinstance(inner, TrustRegionVI) or not isinstance(args, dict) or "lr" not in args:
+        raise ValueError(
+            f"later_step_scale={factor}: {learner.name}'s inner loop ({type(inner).__name__}) "
+            "has no learning rate to scale; use later_step_scale=1"
+        )
+    scaled = copy.copy(inner)
+    scaled.optim = copy.deepcopy(inner.optim)
+    scaled.optim.pt_optim_args = {**args, "lr": args["lr"] * factor}
+    learner.inner = scaled
+    try:
+        yield
+    finally:
+        learner.inner = inner
+
+
 def rollout_scores(
-    learner, tasks, updates: Sequence[int] = (0, 1, 2, 3), seed: int = 0, trajectories: bool = False
+    learner,
+    tasks,
+    updates: Sequence[int] = (0, 1, 2, 3),
+    seed: int = 0,
+    trajectories: bool = False,
+    later_step_scale: float = 1.0,
 ) -> dict:
     """Each held-out task's average return after each number of inner updates.
 
@@ -50,11 +88,15 @@ def rollout_scores(
     :param updates: the update counts to score.
     :param seed: seeds the rollouts' noise.
     :param trajectories: also return the rollouts of every update (``"rollouts"``: {u: Rollouts}).
+    :param later_step_scale: the inner learning rate of the updates after the first, as a
+        multiple of the learner's (MAML's test: 0.5).
     :returns: ``{"return": {u: (T,)}}`` (NaN for a task whose policy turned non-finite).
     """
     updates = sorted(set(int(u) for u in updates))
     if not updates or updates[0] < 0:
         raise ValueError(f"updates must be non-negative counts, got {updates}")
+    if not later_step_scale > 0:
+        raise ValueError(f"later_step_scale must be > 0, got {later_step_scale}")
     family, gen = tasks.family, torch.Generator().manual_seed(seed)
     device = getattr(learner, "device", torch.device("cpu"))
     theta = learner.adapt_prior()[0].expand(len(tasks), -1)
@@ -78,7 +120,11 @@ def rollout_scores(
             rollouts.finite & torch.stack([a.flatten(1).isfinite().all(1) for a in data]).all(0)
         )
         data = tuple(torch.where(_rows(diverged, a), 0.0, a).to(device) for a in data)
-        post = learner.adapt(*data) if post is None else learner.adapt_from(post, *data)
+        if post is None:
+            post = learner.adapt(*data)
+        else:
+            with scaled_inner_step(learner, later_step_scale):
+                post = learner.adapt_from(post, *data)
         theta = torch.where(diverged[:, None], torch.nan, post.loc.detach())
     return out
 
@@ -87,10 +133,18 @@ def _rows(mask: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1, *(1,) * (a.dim() - 1)).to(a.device)
 
 
-def rollout_meta_test(learner, tasks, updates: Sequence[int] = (0, 1, 2, 3), seed: int = 0) -> dict:
+def rollout_meta_test(
+    learner,
+    tasks,
+    updates: Sequence[int] = (0, 1, 2, 3),
+    seed: int = 0,
+    later_step_scale: float = 1.0,
+) -> dict:
     """:func:`rollout_scores` summarised: ``{"return": {str(u): [mean, ci95]}, "steps": [...],
     "num_tasks": T, "diverged": n}``, tasks with a non-finite return left out and counted."""
-    scores = rollout_scores(learner, tasks, updates, seed)["return"]
+    scores = rollout_scores(learner, tasks, updates, seed, later_step_scale=later_step_scale)[
+        "return"
+    ]
     finite = torch.stack([v.isfinite() for v in scores.values()]).all(0)
     return {
         "steps": sorted(scores),

@@ -167,3 +167,27 @@ def test_a_resumed_rl_run_ends_where_the_uninterrupted_one_does(method, tmp_path
     run(2, tmp_path / "b", False)
     resumed = run(4, tmp_path / "b", True)
     assert torch.equal(straight[0], resumed[0]) and torch.equal(straight[1], resumed[1])
+
+
+def test_maml_test_protocol_halves_the_step_of_the_later_updates():
+    from pyro_gem.evaluation import rollout_scores
+
+    model, prior, tasks = _setup()
+    learner = _learner("maml", model, prior)
+    inner, test = learner.inner, tasks.test_tasks(2)
+    moves = {}
+    adapt_from = learner.adapt_from
+
+    def recorded(post, *data, **kwargs):
+        new = adapt_from(post, *data, **kwargs)
+        moves.setdefault(scale, []).append((new.loc - post.loc).detach())
+        return new
+
+    learner.adapt_from = recorded
+    for scale in (1.0, 0.5):
+        rollout_scores(learner, test, updates=(0, 1, 2), later_step_scale=scale)
+        assert learner.inner is inner  # the learner's own inner loop is restored
+    # The same first update and the same rollouts after it: the second step is half as long.
+    torch.testing.assert_close(moves[0.5][0], 0.5 * moves[1.0][0], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="later_step_scale"):
+        rollout_scores(learner, test, updates=(0, 2), later_step_scale=0.0)
