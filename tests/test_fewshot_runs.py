@@ -11,6 +11,7 @@ import torch
 
 from pyro_gem import load_run
 from pyro_gem.cli import main
+from pyro_gem.methods.registry import METHODS
 from pyro_gem.modelfile import load_model_file, parse_settings
 
 MODEL = Path(__file__).resolve().parent / "models" / "tiny_fewshot.py"
@@ -84,3 +85,45 @@ def test_too_many_ways_for_the_classes_is_an_error_before_training(tmp_path, cap
     assert code == 2
     assert "ways=5 but the validation split has only 4 classes" in capsys.readouterr().err
     assert parse_settings(["data=/a=b"]) == {"data": "/a=b"}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+
+
+def _resolved(model_file: str, settings: dict, method: str) -> dict:
+    from pyro_gem.config import load_seeded, resolve_config
+
+    mf = load_seeded(ROOT / "models" / model_file, settings=settings)
+    assert set(mf.config["methods"]) == set(METHODS), "a method without settings of its own"
+    return resolve_config(mf.config, {"method": method})
+
+
+@pytest.mark.skipif(
+    not OMNIGLOT.is_dir(), reason=f"the real Omniglot subsets are not at {OMNIGLOT}"
+)
+@pytest.mark.parametrize(
+    "ways,shots,alpha,steps,test_steps,meta_batch",
+    [(5, 1, 0.4, 1, [1, 3], 32), (20, 5, 0.1, 5, [5], 16)],
+)
+def test_the_omniglot_model_file_takes_mamls_settings(
+    ways, shots, alpha, steps, test_steps, meta_batch
+):
+    settings = {"ways": ways, "shots": shots}
+    maml = _resolved("omniglot.py", settings, "maml")
+    # MAML's α is on the support loss divided by K; pyro_gem steps the summed log-likelihood.
+    assert maml["inner_optim"] == "sgd" and maml["inner_lr"] == pytest.approx(alpha / shots)
+    assert maml["inner_steps"] == steps and maml["test_steps"] == test_steps
+    assert maml["meta_batch"] == meta_batch
+    for gem in ("gem-bml+", "gem-bml"):
+        assert _resolved("omniglot.py", settings, gem)["inner_optim"] == "adam"  # as the paper
+
+
+def test_the_miniimagenet_model_file_takes_mamls_settings(tmp_path):
+    from pyro_gem.tasks.miniimagenet import write_fixture
+
+    settings = {"data": str(write_fixture(tmp_path / "mini")), "shots": 1}
+    maml = _resolved("miniimagenet.py", settings, "maml")
+    assert maml["inner_lr"] == pytest.approx(0.01) and maml["inner_steps"] == 5
+    assert maml["test_steps"] == 10 and maml["meta_batch"] == 4
+    assert _resolved("miniimagenet.py", settings, "gem-bml+")["inner_optim"] == "adam"
