@@ -248,3 +248,23 @@ def test_distributed_quick(tmp_path):
     }
     # Tasks that stay with the workers send no data: fewer bytes than shipping them.
     assert sinusoid["bytes"]["owned"]["to_workers"] < sinusoid["bytes"]["shipped"]["to_workers"]
+
+
+def test_rl_quick_and_mamls_test_protocol_beside_it(tmp_path):
+    common = ["benchmarks/rl.py", "--quick", "--no-progress", "--out", str(tmp_path)]
+    run(*common)
+    run(*common, "--methods", "maml", "--later-step-scale", "0.5")
+    results = json.loads((tmp_path / "rl_quick.json").read_text())["results"]["navigation"]
+    assert set(results) == {"gem-bml+", "gem-bml", "maml", "reptile"}
+    for method, result in results.items():
+        assert set(result["return"]) == {"0", "1", "2", "3"}, method
+    assert set(results["maml"]["return_later_step_0.5"]) == {"0", "1", "2", "3"}
+    assert (tmp_path / "rl_quick_navigation.png").is_file()
+
+
+def test_rl_sampler_speed_quick(tmp_path):
+    summary = run(
+        "benchmarks/rl.py", "--sampler-speed", "--quick", "--envs", "navigation",
+        "halfcheetah_vel", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert summary["sampler_speedup"] > 0 and "halfcheetah_vel/sampler_speedup" in summary

@@ -72,6 +72,19 @@ def test_every_rl_learner_meta_trains_and_reports_returns(method):
     assert set(scores["return"]) == {"0", "1", "2"} and scores["diverged"] == 0
 
 
+@pytest.mark.parametrize("inner_optim", ["adam", "sgd"])
+def test_gem_adapts_a_policy_with_any_pyro_optimiser(inner_optim):
+    model, prior, tasks = _setup()
+    learner = _learner("gem-bml+", model, prior, inner_optim=inner_optim, inner_lr=0.05)
+    stats = learner.step(tasks.sample(3, torch.Generator().manual_seed(0)))
+    assert stats["nan_tasks"] == [] and torch.isfinite(prior.loc).all()
+    before = learner.adapt_prior()[0]
+    batch = tasks.sample(2, torch.Generator().manual_seed(1))
+    batch.collect_support(before.expand(2, -1))
+    post = learner.adapt(*batch.support)
+    assert not torch.equal(post.loc, before.expand(2, -1)) and torch.isfinite(post.loc).all()
+
+
 def test_gem_query_set_is_rolled_out_by_the_support_posteriors_mean(monkeypatch):
     model, prior, tasks = _setup()
     learner = _learner("gem-bml+", model, prior)
@@ -148,7 +161,7 @@ def test_a_task_whose_policy_diverges_at_the_meta_test_is_counted_not_fatal(monk
     assert all(torch.isfinite(torch.tensor(v)).all() for v in scores["return"].values())
 
 
-@pytest.mark.parametrize("method", ["gem-bml+", "maml"])
+@pytest.mark.parametrize("method", ["gem-bml+", "gem-bml", "maml", "reptile"])
 def test_a_resumed_rl_run_ends_where_the_uninterrupted_one_does(method, tmp_path):
     from pyro_gem.training import train
 
