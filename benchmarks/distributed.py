@@ -3,18 +3,27 @@ and the bytes a meta-iteration sends between the driver and its workers.
 
 GEM-BML+ on two batches: the sinusoid tasks (meta-batch 25) and Omniglot 5-way 1-shot (the
 model file's meta-batch of 32 episodes, 5 query images per class, on the minimal subsets in
-``../shared/data/omniglot``). In-process is the plain learner (one vectorised SVI over the whole
-batch, torch's own threads); N workers is a :class:`~pyro_gem.runners.RayRunner` of N shards on a
-local Ray runtime with as many CPUs as this machine has. Each configuration runs
-``--warmup`` meta-iterations (worker start-up, the learner's first shipment), then
-``--iterations`` timed ones.
+``../shared/data/omniglot``). Configurations, each ``--warmup`` meta-iterations (worker start-up,
+the learner's first shipment), then ``--iterations`` timed ones:
+
+- *in-process*: the plain learner (one vectorised SVI over the whole batch, torch's own
+  threads), and the same learner fitting ``--shards`` shards one after another in this process
+  (:class:`~pyro_gem.runners.LocalRunner`: smaller vectorised batches);
+- *1 worker*: the whole batch on one Ray worker;
+- *2 workers*: a :class:`~pyro_gem.runners.RayRunner` of 2 workers for each ``--shards`` layout
+  (the same layout in-process gives the same prior bit for bit), and with tasks owned by the
+  workers.
+
+``speedup_2_workers`` is the fastest in-process configuration's time over the fastest 2-worker
+one's; ``speedup_2_workers_same_shards`` compares each layout with itself, and
+``speedup_2_workers_over_plain`` the fastest 2 workers with the plain learner.
 
 Bytes are counted as Ray pickles them (``ray.cloudpickle``), per meta-iteration:
 
 - *shipped* (the default, tasks drawn in the driver): the prior and each shard's data to the
-  workers, the posteriors' parameters back;
+  workers, each shard's summed Gradient-EM estimate back;
 - *owned* (``RayRunner(families=...)``: tasks stay with the workers): the prior and seeds to
-  the workers, the posteriors' parameters back;
+  the workers, the summed estimates back;
 - *data*: the size of the tasks' data themselves (what a data-gradient method would ship).
 
 The learner itself (model, network layout, inner VI) travels once per worker, counted apart.
@@ -22,10 +31,9 @@ The learner itself (model, network layout, inner VI) travels once per worker, co
     python benchmarks/distributed.py                 # both batches, 2 warm-up + 5 timed its
     python benchmarks/distributed.py --quick         # the sinusoid batch, small (the tests)
 
-Writes ``<out>/distributed.json``; the last line printed is the JSON summary with
-``speedup_2_workers`` (the Omniglot batch: 2 workers against in-process; the sinusoid's with
-``--quick``) and ``bytes_per_task`` (driver ↔ workers per task and meta-iteration, tasks owned
-by the workers).
+Writes ``<out>/distributed.json``; the last line printed is the JSON summary with the speed-ups
+(the Omniglot batch; the sinusoid's with ``--quick``) and ``bytes_per_task`` (driver ↔ workers
+per task and meta-iteration, tasks owned by the workers).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import ray
 import torch
 
 from pyro_gem.config import build_learner, load_seeded, resolve_config
-from pyro_gem.runners import RayRunner
+from pyro_gem.runners import LocalRunner, RayRunner
 from pyro_gem.runners.shards import (
     draw_seeds,
     fit_shard,
@@ -132,33 +140,52 @@ def _bytes(name: str, settings: dict, overrides: dict, shards: int) -> dict:
 
 
 def bench(name: str, settings: dict, overrides: dict, args) -> dict:
+    """Seconds per meta-iteration of every configuration, the speed-ups and the bytes."""
     out = {"model": name, "settings": settings, **overrides}
     timings, serial = {}, {}
-    mf, config, learner = _build(name, settings, overrides)
-    timings["in_process"] = _time(learner, mf.tasks, config["meta_batch"], args.warmup, args.its)[
-        "seconds"
-    ]
-    for workers in (1, 2):
+
+    def measure(label: str, runner) -> None:
         mf, config, learner = _build(name, settings, overrides)
-        with RayRunner(workers, shards=workers) as runner:
-            learner.runner = runner
-            got = _time(learner, mf.tasks, config["meta_batch"], args.warmup, args.its)
-        timings[f"{workers}_workers"] = got["seconds"]
-        serial[f"{workers}_workers"] = got["driver_serial_seconds"]
+        learner.runner = runner
+        owned = runner is not None and runner.families is not None
+        got = _time(
+            learner,
+            runner.tasks if owned else mf.tasks,
+            config["meta_batch"],
+            args.warmup,
+            args.its,
+        )
+        timings[label] = got["seconds"]
+        if runner is not None:
+            serial[label] = got["driver_serial_seconds"]
+        print(label, round(got["seconds"], 4), flush=True)
+
+    # In-process: the plain learner (one vectorised SVI over the batch, torch's own threads),
+    # and the same shards fitted one after another (smaller vectorised batches).
+    measure("in_process", None)
+    for shards in args.shards:
+        measure(f"in_process_{shards}_shards", LocalRunner(shards))
+    with RayRunner(1, shards=1) as runner:
+        measure("1_worker", runner)
+    for shards in args.shards:
+        with RayRunner(2, shards=shards) as runner:
+            measure(f"2_workers_{shards}_shards", runner)
     # Tasks owned by the workers: the same step, the families built on the workers.
-    mf, config, learner = _build(name, settings, overrides)
     family = functools.partial(_family, name, settings)
     with RayRunner(families=[family, family]) as runner:
-        learner.runner = runner
-        got = _time(learner, runner.tasks, config["meta_batch"], args.warmup, args.its)
-    timings["2_workers_owned"] = got["seconds"]
-    serial["2_workers_owned"] = got["driver_serial_seconds"]
+        measure("2_workers_owned", runner)
+    in_process = min(v for k, v in timings.items() if k.startswith("in_process"))
+    two = min(v for k, v in timings.items() if k.startswith("2_workers_") and "shards" in k)
     out["seconds_per_iteration"] = timings
     out["driver_serial_seconds"] = serial
-    out["iterations_per_second"] = {k: 1 / v for k, v in timings.items()}
-    out["speedup"] = {k: timings["in_process"] / v for k, v in timings.items()}
+    out["speedup_2_workers"] = in_process / two  # the fastest of each, whatever the shards
+    out["speedup_2_workers_same_shards"] = {
+        str(s): timings[f"in_process_{s}_shards"] / timings[f"2_workers_{s}_shards"]
+        for s in args.shards
+    }
+    out["speedup_2_workers_over_plain"] = timings["in_process"] / two
     out["bytes"] = _bytes(name, settings, overrides, shards=2)
-    print(json.dumps({name: {k: out[k] for k in ("seconds_per_iteration", "speedup")}}))
+    print(json.dumps({name: {k: out[k] for k in ("seconds_per_iteration", "speedup_2_workers")}}))
     return out
 
 
@@ -167,13 +194,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="the sinusoid batch, small")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iterations", dest="its", type=int, default=5)
+    p.add_argument("--shards", type=int, nargs="+", default=[2, 4, 8], help="shard layouts to time")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
     cpus = os.cpu_count()
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
     runs = {}
     if args.quick:
-        args.warmup, args.its = 1, 1
+        args.warmup, args.its, args.shards = 1, 1, [2]
         runs["sinusoid"] = bench("sinusoid", {}, {"meta_batch": 4, "inner_steps": 2}, args)
         headline = runs["sinusoid"]
     else:
@@ -199,8 +227,9 @@ def main() -> None:
     name = "distributed_quick.json" if args.quick else "distributed.json"
     (args.out / name).write_text(json.dumps(report, indent=1))
     summary = {
-        "speedup_2_workers": headline["speedup"]["2_workers"],
-        "speedup_1_worker": headline["speedup"]["1_workers"],
+        "speedup_2_workers": headline["speedup_2_workers"],
+        "speedup_2_workers_same_shards": headline["speedup_2_workers_same_shards"],
+        "speedup_2_workers_over_plain": headline["speedup_2_workers_over_plain"],
         "bytes_per_task": headline["bytes"]["owned_per_task"],
         "bytes_per_task_shipped": headline["bytes"]["shipped_per_task"],
         "data_bytes_per_task": headline["bytes"]["data_per_task"],

@@ -242,8 +242,9 @@ def test_distributed_quick(tmp_path):
     sinusoid = report["results"]["sinusoid"]
     assert set(sinusoid["seconds_per_iteration"]) == {
         "in_process",
-        "1_workers",
-        "2_workers",
+        "in_process_2_shards",
+        "1_worker",
+        "2_workers_2_shards",
         "2_workers_owned",
     }
     # Tasks that stay with the workers send no data: fewer bytes than shipping them.
