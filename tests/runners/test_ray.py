@@ -76,6 +76,23 @@ def marked(model, folder: Path, driver: int):
     return wrapped
 
 
+def kill_the_first_marked(folder: Path, killed: list) -> threading.Thread:
+    """A thread that kills the first worker to leave its pid in ``folder``."""
+
+    def kill():
+        while not killed:
+            pids = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+            if pids:
+                (folder / "killed").touch()
+                os.kill(pids[0], signal.SIGKILL)  # in the middle of its shard
+                killed.append(pids[0])
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_any_number_of_workers_gives_the_in_process_prior_bit_for_bit(runtime):
     reference = trained(gem_learner(LocalRunner(shards=3)))
     for workers in (1, 2):
@@ -105,23 +122,30 @@ def test_a_killed_worker_loses_nothing(runtime, tmp_path):
     reference = trained(gem_learner(LocalRunner(shards=4)), iterations=2)
     (tmp_path / "hold").touch()
     killed = []
-
-    def kill_the_first_worker():
-        while not killed:
-            pids = [int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()]
-            if pids:
-                (tmp_path / "killed").touch()
-                os.kill(pids[0], signal.SIGKILL)  # in the middle of its shard
-                killed.append(pids[0])
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=kill_the_first_worker, daemon=True)
-    thread.start()
     learner = gem_learner(RayRunner(shards=4))
     learner.model = marked(learner.model, tmp_path, os.getpid())
+    thread = kill_the_first_marked(tmp_path, killed)
     got = trained(learner, iterations=2)
     thread.join(timeout=5)
     assert killed and not Path(f"/proc/{killed[0]}").exists()
+    assert torch.equal(got[0], reference[0]) and torch.equal(got[1], reference[1])
+
+
+def test_a_killed_task_owning_worker_is_restarted_and_loses_nothing(runtime, tmp_path):
+    factories = [functools.partial(owned_family, "default")] * 2
+    local = LocalRunner(families=factories)
+    reference = trained(gem_learner(local), local.tasks, iterations=2)
+    (tmp_path / "hold").touch()
+    killed = []
+    with RayRunner(families=factories) as runner:
+        learner = gem_learner(runner)
+        learner.model = marked(learner.model, tmp_path, os.getpid())
+        thread = kill_the_first_marked(tmp_path, killed)
+        got = trained(learner, runner.tasks, iterations=2)
+        thread.join(timeout=5)
+        pids = runner.worker_pids()
+    # Ray restarted the actor (its family rebuilt from the factory) and ran its call again.
+    assert killed and killed[0] not in pids and len(set(pids)) == 2
     assert torch.equal(got[0], reference[0]) and torch.equal(got[1], reference[1])
 
 
