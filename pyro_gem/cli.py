@@ -174,8 +174,14 @@ def _train(args) -> int:
     config = resolve_config(mf.config, {key: getattr(args, key, None) for key in DEFAULTS})
     config["model_file"] = str(args.model_file.resolve())
     config["settings"] = mf.settings
-    if config["shards"] is None and (args.workers or args.ray_address):
-        config["shards"] = args.workers or 1
+    if config["shards"] is None and args.workers:
+        config["shards"] = args.workers
+    if args.ray_address and config["shards"] is None:
+        # The layout decides the random draws: a run must not depend on the cluster's size.
+        raise ValueError(
+            "--ray-address needs --shards N (or --workers N): the shard layout decides the "
+            "random draws, so it is part of the run"
+        )
     out = args.out
     if args.resume and (out / "config.json").is_file():
         saved = json.loads((out / "config.json").read_text())
@@ -210,8 +216,12 @@ def _runner(args, config: dict):
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.workers is None and args.ray_address is None:
         return None if config["shards"] is None else LocalRunner(config["shards"])
-    from pyro_gem.runners import RayRunner
-
+    try:
+        from pyro_gem.runners.ray_runner import RayRunner
+    except ImportError as err:
+        raise ValueError(
+            f"--workers and --ray-address need Ray: pip install 'pyro-gem[ray]' ({err})"
+        ) from err
     return RayRunner(args.workers, address=args.ray_address, shards=config["shards"])
 
 

@@ -97,6 +97,8 @@ def rollout_scores(
         raise ValueError(f"updates must be non-negative counts, got {updates}")
     if not later_step_scale > 0:
         raise ValueError(f"later_step_scale must be > 0, got {later_step_scale}")
+    with scaled_inner_step(learner, later_step_scale):
+        pass  # an inner loop it cannot scale fails here, before any rollout
     family, gen = tasks.family, torch.Generator().manual_seed(seed)
     device = getattr(learner, "device", torch.device("cpu"))
     theta = learner.adapt_prior()[0].expand(len(tasks), -1)

@@ -46,7 +46,7 @@ class GEMBML(MetaLearner):
     :param update: ``"sequential"`` (the paper's) or ``"joint"``.
     :param runner: where the inner loops run (:mod:`pyro_gem.runners`: in shards in this
         process, or on Ray workers); ``None`` fits every task here in one vectorised SVI. The
-        meta-update happens here either way, from the posteriors' parameters alone.
+        meta-update happens here either way, from the Gradient-EM estimates alone.
     """
 
     def __init__(

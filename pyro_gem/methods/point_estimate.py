@@ -105,7 +105,8 @@ class _PointEstimateLearner(MetaLearner):
         stats = {"meta_objective": float("nan"), "nan_tasks": bad}
         if ok.any():
             (self.prior.loc.grad,) = sums.mean()
-            stats["meta_objective"] = sums.per_task["loglik"][ok].mean().item()
+            loglik = sums.per_task["loglik"][ok]
+            stats["meta_objective"] = loglik[loglik.isfinite()].mean().item()
             stats["grad_norm_loc"] = self.prior.loc.grad.norm().item()
             self.meta_optim.step()
         stats["prior_scale_median"] = self.prior.scale.median().item()
@@ -113,10 +114,14 @@ class _PointEstimateLearner(MetaLearner):
         return stats
 
 
-def _finite_sum(grads: torch.Tensor, loglik: torch.Tensor) -> GradientSum:
-    """Per-task gradients ``(T, D)`` summed over the tasks whose gradient and log-likelihood
-    are finite (the others are left out, as in-process)."""
-    ok = torch.isfinite(grads).all(-1) & torch.isfinite(loglik)
+def _finite_sum(grads: torch.Tensor, loglik: torch.Tensor, loss_is_loglik: bool) -> GradientSum:
+    """Per-task gradients ``(T, D)`` summed over the tasks whose gradient is finite, and whose
+    log-likelihood is finite where it is the task's loss (first-order MAML; Reptile's loss is
+    ½‖m − θ_K‖²): in-process leaves out the tasks of non-finite loss. One difference: a task
+    of finite loss and non-finite gradient is left out here, where in-process skips the step."""
+    ok = torch.isfinite(grads).all(-1)
+    if loss_is_loglik:
+        ok &= torch.isfinite(loglik)
     return GradientSum.of((grads[ok],), ok, per_task={"loglik": loglik})
 
 
@@ -163,7 +168,7 @@ class MAML(_PointEstimateLearner):
         theta = theta.detach().requires_grad_()
         loglik = self.log_likelihood(batch.query)(theta)
         (grad,) = torch.autograd.grad(-loglik.sum(), theta)
-        return _finite_sum(grad, loglik.detach())
+        return _finite_sum(grad, loglik.detach(), loss_is_loglik=True)
 
 
 class Reptile(_PointEstimateLearner):
@@ -209,7 +214,9 @@ class Reptile(_PointEstimateLearner):
         log P(D | θ_K) ``(T,)``: what a runner's worker computes for a shard and sends back."""
         theta, data = self._adapted(batch)
         loglik = self.log_likelihood(data)(theta)
-        return _finite_sum((self.prior.loc.detach() - theta).detach(), loglik.detach())
+        return _finite_sum(
+            (self.prior.loc.detach() - theta).detach(), loglik.detach(), loss_is_loglik=False
+        )
 
 
 class PreTraining(_PointEstimateLearner):

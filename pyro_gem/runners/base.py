@@ -1,6 +1,8 @@
 """Runners: where a meta-iteration's inner loops run, the meta-update staying with the learner.
 
-A learner that takes a runner (:class:`~pyro_gem.methods.gem.GEMBML`) hands it the batch in
+A learner that takes a runner (:class:`~pyro_gem.methods.gem.GEMBML`,
+:class:`~pyro_gem.methods.point_estimate.Reptile`, first-order
+:class:`~pyro_gem.methods.point_estimate.MAML`) hands it the batch in
 its ``step``; the runner cuts the batch into shards (:mod:`pyro_gem.runners.shards`), has each
 fitted (the learner's ``inner_result``: the Gradient-EM estimate summed over each shard's
 tasks), and returns the sum over every task, from which ``step`` steps the meta-optimiser. :class:`LocalRunner` fits the
@@ -10,7 +12,7 @@ with the same shards both give the same prior.
 **Tasks that stay with the workers.** Given ``families`` (one task-family factory per worker),
 a runner's workers each build and own their family, and the driver's :attr:`Runner.tasks`
 draws only seeds: each meta-iteration a worker samples its share of the meta-batch from its
-own family and sends back posterior parameters. No task's data reaches the driver, which also
+own family and sends back its shard's summed meta-gradient. No task's data reaches the driver, which also
 means no held-out evaluation there (train with ``eval_every=0`` and meta-test where the test
 tasks are).
 
@@ -191,6 +193,6 @@ class LocalRunner(Runner):
             if owned:
                 family, num_tasks, task_seed = job
                 gen = torch.Generator().manual_seed(task_seed)
-                job = self._built[family].sample(num_tasks, gen).to(learner.device)
-            out.append(fit_shard(learner, job, seed))
+                job = self._built[family].sample(num_tasks, gen)
+            out.append(fit_shard(learner, job.to(learner.device), seed))
         return out

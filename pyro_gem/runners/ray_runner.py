@@ -121,6 +121,8 @@ class RayRunner(Runner):
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if int(max_retries) < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if shards is not None and int(shards) < 1:
+            raise ValueError(f"shards must be >= 1, got {shards}")
         if families is not None:
             num_workers = len(families) if num_workers is None else num_workers
             if num_workers != len(families):
@@ -140,6 +142,12 @@ class RayRunner(Runner):
         self._fit = ray.remote(num_cpus=1, max_retries=self.max_retries)(_fit_remote)
         self._owners = None
         if self.families is not None:
+            cpus = ray.cluster_resources().get("CPU", 0)
+            if cpus < len(self.families):
+                raise ValueError(
+                    f"{len(self.families)} task-owning workers need as many CPUs; the Ray "
+                    f"cluster has {cpus:g}"
+                )
             owner = ray.remote(num_cpus=1)(_TaskOwner).options(
                 max_restarts=self.max_retries, max_task_retries=self.max_retries
             )
@@ -153,9 +161,10 @@ class RayRunner(Runner):
         return ray.get([o.pid.remote() for o in self._owners])
 
     def _replica_box(self, learner) -> list:
-        if self._box is None or self._box[0] != id(learner):
+        # Keyed by the learner itself (not its id, which a new learner may reuse).
+        if self._box is None or self._box[0] is not learner:
             _ship_model_files_by_value(learner.model)
-            self._box = (id(learner), [ray.put(inner_replica(learner))])
+            self._box = (learner, [ray.put(inner_replica(learner))])
         return self._box[1]
 
     def run(self, learner, jobs, seeds, owned):
@@ -166,17 +175,30 @@ class RayRunner(Runner):
                 for (family, num_tasks, task_seed), seed in zip(jobs, seeds)
             ]
         else:
-            refs = self._submit([(box, prior, job, seed) for job, seed in zip(jobs, seeds)])
+            # Workers run on the CPU (a batch on the learner's GPU comes back to it).
+            calls = [(box, prior, job.to("cpu"), seed) for job, seed in zip(jobs, seeds)]
+            refs = self._submit(calls)
         try:
             return ray.get(refs)
         except ray.exceptions.RayTaskError as err:  # the user's code raised on a worker
+            self._cancel(refs)
             raise err.as_instanceof_cause() from None
         except ray.exceptions.RayError as err:
+            self._cancel(refs)
             raise ShardFailed(
-                f"a shard's worker died {self.max_retries + 1} times (Ray retried it "
-                f"max_retries={self.max_retries} times): {type(err).__name__}. This "
+                f"a shard could not be fitted on a worker ({type(err).__name__}: a worker "
+                f"that died is retried up to max_retries={self.max_retries} times). This "
                 "meta-iteration did not update the prior; a run resumes from its last checkpoint"
             ) from err
+
+    @staticmethod
+    def _cancel(refs: list) -> None:
+        """Stop the shards still running after one failed (the iteration is lost anyway)."""
+        for ref in refs:
+            try:
+                ray.cancel(ref)
+            except Exception:  # finished, or an actor call (not cancellable): nothing to stop
+                pass
 
     def _submit(self, calls: list[tuple]) -> list:
         """Submit the shards, at most ``num_workers`` in flight: N workers are N shards at a

@@ -2,6 +2,7 @@
 
 import functools
 import re
+from pathlib import Path
 
 import pyro
 import pytest
@@ -157,3 +158,13 @@ def test_worker_owned_tasks_are_sampled_by_their_families_only():
         _ = LocalRunner(shards=2).tasks
     with pytest.raises(ValueError, match="families"):
         LocalRunner(families=[1, 2])
+
+
+def test_a_cluster_run_names_its_shard_layout(tmp_path, capsys):
+    from pyro_gem.cli import main
+
+    tiny = Path(__file__).resolve().parents[1] / "models" / "tiny_fewshot.py"
+    args = ["train", str(tiny), "--ray-address", "auto", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert "--ray-address needs --shards" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -127,8 +127,7 @@ def test_a_killed_worker_loses_nothing(runtime, tmp_path):
     thread = kill_the_first_marked(tmp_path, killed)
     got = trained(learner, iterations=2)
     thread.join(timeout=5)
-    assert killed and not Path(f"/proc/{killed[0]}").exists()
-    assert torch.equal(got[0], reference[0]) and torch.equal(got[1], reference[1])
+    assert killed and torch.equal(got[0], reference[0]) and torch.equal(got[1], reference[1])
 
 
 def test_a_killed_task_owning_worker_is_restarted_and_loses_nothing(runtime, tmp_path):
@@ -215,14 +214,15 @@ def test_a_driver_killed_with_sigkill_resumes_exactly(tmp_path):
     # Each driver starts its own session, so that the Ray processes it leaves can be found.
     first = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if (out / "checkpoint.pt").exists() and load_checkpoint(out)[0]["iteration"] >= 2:
-                break
+        deadline, reached = time.time() + 120, 0
+        while time.time() < deadline and reached < 2:
+            if (out / "checkpoint.pt").exists():
+                reached = load_checkpoint(out)[0]["iteration"]
             time.sleep(0.1)
         os.kill(first.pid, signal.SIGKILL)  # kill -9 the driver alone
         first.wait()
-        assert not result.exists()
+        # Killed mid-run: the second driver resumes, it does not start over or find it done.
+        assert 2 <= load_checkpoint(out)[0]["iteration"] < 6 and not result.exists()
         subprocess.run([sys.executable, str(script)], check=True, timeout=300)
     finally:
         # The killed driver's Ray head processes outlive it: stop its session's group.
