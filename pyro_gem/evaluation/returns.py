@@ -18,8 +18,7 @@ Example::
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 
@@ -27,7 +26,7 @@ from pyro_gem.evaluation.metrics import Metric, MetricError, mean_ci95
 from pyro_gem.rl.advantages import rollout_data
 from pyro_gem.rl.trust_region import TrustRegionVI
 
-__all__ = ["AverageReturn", "rollout_meta_test", "rollout_scores", "scaled_inner_step"]
+__all__ = ["AverageReturn", "rollout_meta_test", "rollout_scores", "scaled_inner"]
 
 
 class AverageReturn(Metric):
@@ -44,18 +43,16 @@ class AverageReturn(Metric):
         )
 
 
-@contextmanager
-def scaled_inner_step(learner, factor: float) -> Iterator[None]:
-    """Within the block, ``learner``'s inner optimiser steps with its learning rate times
-    ``factor`` (the learner's own inner loop is restored after).
+def scaled_inner(learner, factor: float):
+    """``learner``'s inner loop with its optimiser's learning rate times ``factor`` (the inner
+    loop itself for a factor of 1).
 
     :raises ValueError: for an inner loop without a learning rate to scale (a trust-region
         step's size is its KL bound).
     """
-    if factor == 1.0:
-        yield
-        return
     inner = learner.inner
+    if factor == 1.0:
+        return inner
     args = getattr(getattr(inner, "optim", None), "pt_optim_args", None)
     if isinstance(inner, TrustRegionVI) or not isinstance(args, dict) or "lr" not in args:
         raise ValueError(
@@ -65,11 +62,7 @@ def scaled_inner_step(learner, factor: float) -> Iterator[None]:
     scaled = copy.copy(inner)
     scaled.optim = copy.deepcopy(inner.optim)
     scaled.optim.pt_optim_args = {**args, "lr": args["lr"] * factor}
-    learner.inner = scaled
-    try:
-        yield
-    finally:
-        learner.inner = inner
+    return scaled
 
 
 def rollout_scores(
@@ -97,8 +90,7 @@ def rollout_scores(
         raise ValueError(f"updates must be non-negative counts, got {updates}")
     if not later_step_scale > 0:
         raise ValueError(f"later_step_scale must be > 0, got {later_step_scale}")
-    with scaled_inner_step(learner, later_step_scale):
-        pass  # an inner loop it cannot scale fails here, before any rollout
+    later_inner = scaled_inner(learner, later_step_scale)  # fails here, before any rollout
     family, gen = tasks.family, torch.Generator().manual_seed(seed)
     device = getattr(learner, "device", torch.device("cpu"))
     theta = learner.adapt_prior()[0].expand(len(tasks), -1)
@@ -125,8 +117,11 @@ def rollout_scores(
         if post is None:
             post = learner.adapt(*data)
         else:
-            with scaled_inner_step(learner, later_step_scale):
+            own, learner.inner = learner.inner, later_inner
+            try:
                 post = learner.adapt_from(post, *data)
+            finally:
+                learner.inner = own
         theta = torch.where(diverged[:, None], torch.nan, post.loc.detach())
     return out
 

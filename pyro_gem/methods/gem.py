@@ -150,11 +150,8 @@ class GEMBML(MetaLearner):
         else:
             # The workers send the directions summed over their shards' finite tasks.
             sums = self.runner.inner_result(self, batch)
-            ok, losses, ascent = (
-                sums.finite,
-                (sums.losses["support"], sums.losses["query"]),
-                sums.mean,
-            )
+            ok, ascent = sums.finite, sums.mean
+            losses = sums.losses["support"], sums.losses["query"]
         bad = (~ok).nonzero().flatten().tolist()
         stats = {
             "elbo_support": _last(losses[0], -1.0 / num_tasks),

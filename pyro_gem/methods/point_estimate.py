@@ -94,8 +94,8 @@ class _PointEstimateLearner(MetaLearner):
     def step(self, batch: TaskBatch) -> dict:
         if self.runner is None:
             return super().step(batch)
-        # Each task's meta-gradient comes from the workers (inner_result); a task whose
-        # gradient or objective is not finite is left out, as in-process.
+        # The workers send the per-task meta-gradients summed over their shards' finite tasks
+        # (inner_result); the others are left out and reported.
         num_tasks = batch.validate()
         sums = self.runner.inner_result(self, batch)
         ok = sums.finite

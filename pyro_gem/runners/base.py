@@ -2,19 +2,19 @@
 
 A learner that takes a runner (:class:`~pyro_gem.methods.gem.GEMBML`,
 :class:`~pyro_gem.methods.point_estimate.Reptile`, first-order
-:class:`~pyro_gem.methods.point_estimate.MAML`) hands it the batch in
-its ``step``; the runner cuts the batch into shards (:mod:`pyro_gem.runners.shards`), has each
-fitted (the learner's ``inner_result``: the Gradient-EM estimate summed over each shard's
-tasks), and returns the sum over every task, from which ``step`` steps the meta-optimiser. :class:`LocalRunner` fits the
+:class:`~pyro_gem.methods.point_estimate.MAML`) hands it the batch in its ``step``; the runner
+cuts the batch into shards (:mod:`pyro_gem.runners.shards`), has each fitted (the learner's
+``inner_result``: the Gradient-EM estimate summed over each shard's tasks), and returns the sum
+over every task, from which ``step`` steps the meta-optimiser. :class:`LocalRunner` fits the
 shards one after another in this process, :class:`~pyro_gem.runners.RayRunner` on Ray workers;
 with the same shards both give the same prior.
 
 **Tasks that stay with the workers.** Given ``families`` (one task-family factory per worker),
 a runner's workers each build and own their family, and the driver's :attr:`Runner.tasks`
 draws only seeds: each meta-iteration a worker samples its share of the meta-batch from its
-own family and sends back its shard's summed meta-gradient. No task's data reaches the driver, which also
-means no held-out evaluation there (train with ``eval_every=0`` and meta-test where the test
-tasks are).
+own family and sends back its shard's summed meta-gradient. No task's data reaches the driver,
+which also means no held-out evaluation there (train with ``eval_every=0`` and meta-test where
+the test tasks are).
 
 Example::
 

@@ -4,8 +4,9 @@ in the driver.
 Gradient-EM needs from a task only its two fitted posteriors, so a worker receives the prior
 (m, log σ) and a shard of tasks, fits q_λtr and q_λtr⊕val for each, and returns the Gradient-EM
 estimate summed over the shard's tasks: two vectors of the prior's size per shard, never data or
-data gradients. The learner (its model, prior layout and inner VI, without the
-meta-optimiser) goes into Ray's object store once; each worker deserialises it once and keeps it.
+data gradients (Reptile and first-order MAML send their summed meta-gradients likewise). The
+learner (its model, prior layout and inner VI, without the meta-optimiser) goes into Ray's object
+store once; each worker deserialises it once and keeps it.
 
 Ray does the rest: it schedules the shards on free workers, and when a worker process dies it
 runs the shard again on another (``max_retries``). A shard's result depends only on its tasks and
