@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from pyro_gem.config import DEFAULTS, build_learner, load_seeded, resolve_config
+from pyro_gem.evaluation.meta_test import metric_names
 from pyro_gem.methods.registry import INNER_OPTIMS, METHODS, NEWTON, attach_runner, check_on_workers
 from pyro_gem.modelfile import parse_settings
 from pyro_gem.run import load_run, run_meta_test
@@ -125,7 +126,7 @@ def _format_summary(summary) -> str:
 
 def format_scores(scores: dict) -> str:
     """A meta-test's results as a table: one row per inner-step count, one column per metric."""
-    names = [k for k in scores if isinstance(scores[k], dict)]
+    names = metric_names(scores)
     rows = [["inner updates" if "return" in scores else "inner steps", *names]]
     for step in map(str, scores["steps"]):
         rows.append([step, *(_format_summary(scores[n][step]) for n in names)])
@@ -140,7 +141,12 @@ def format_scores(scores: dict) -> str:
     ]
     lines += ["  " + "   ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     if scores["diverged"]:
-        lines.append(f"  {scores['diverged']} tasks diverged in the inner loop and are left out")
+        per_step = scores.get("diverged_per_step", {})
+        counts = ", ".join(f"{n} at {s}" for s, n in per_step.items() if n)
+        lines.append(
+            f"  {scores['diverged']} tasks diverged in the inner loop ({counts}); each row leaves "
+            "out those diverged at its step count"
+        )
     return "\n".join(lines)
 
 

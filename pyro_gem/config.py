@@ -26,6 +26,9 @@ DEFAULTS = {
     "meta_iterations": 1500,
     "meta_batch": 25,
     "meta_lr": 1e-3,
+    # GEM-BML(+): the meta rate of the prior's log-scale (None: meta_lr). A slow one keeps σ from
+    # running away on the upward bias of unconverged posteriors (docs/sinusoid.md).
+    "meta_lr_scale": None,
     "meta_lr_milestones": [],
     "meta_lr_gamma": 0.1,
     # MAML's meta-update: "gradient" (the meta-optimiser, Adam) or "trpo" (meta-RL: a trust
@@ -40,6 +43,8 @@ DEFAULTS = {
     "query_steps": None,
     "guide": "normal",
     "guide_init_scale": None,  # VI methods: the guide starts at this fraction of the prior scale
+    # the prior's initial scale σ₀ for this method (None: the model file's GaussianPrior's)
+    "prior_init_scale": None,
     "update": "sequential",
     "num_particles": 1,
     "reg": 1.0,

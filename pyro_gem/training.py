@@ -162,6 +162,11 @@ def train(
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start = int(state["iteration"])
+        if start > meta_iterations:
+            raise ValueError(
+                f"the checkpoint in {out_dir} is at iteration {start}, past meta_iterations="
+                f"{meta_iterations}: resuming would overwrite it with a shorter run"
+            )
         history = history[:start]
     for group in learner.meta_optim.param_groups:
         group.setdefault("initial_lr", group["lr"])

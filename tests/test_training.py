@@ -83,3 +83,11 @@ def test_meta_lr_schedule_is_followed_and_resumes_exactly(tmp_path):
     torch.testing.assert_close(resumed.prior.loc, straight.prior.loc, rtol=0, atol=0)
     constant, _ = run(None, 6)
     assert not torch.equal(constant.prior.loc, straight.prior.loc)
+
+
+def test_resuming_a_longer_run_with_fewer_iterations_is_refused(tmp_path):
+    run(tmp_path, 4)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="past meta_iterations=2"):
+        run(tmp_path, 2, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before

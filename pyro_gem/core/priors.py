@@ -62,15 +62,23 @@ class GaussianPrior(nn.Module):
         loc = self.net.flatten(module) if init_loc is None else torch.as_tensor(init_loc)
         if loc.shape != (d,):
             raise ValueError(f"init_loc has shape {tuple(loc.shape)}, expected ({d},)")
-        scale = torch.as_tensor(init_scale, dtype=loc.dtype)
-        if scale.shape not in ((), (1,), (d,)):
-            raise ValueError(
-                f"init_scale has shape {tuple(scale.shape)}: expected a float or ({d},)"
-            )
-        if not torch.all(scale > 0) or not torch.all(torch.isfinite(scale)):
-            raise ValueError(f"init_scale must be positive and finite, got {init_scale!r}")
         self.loc = nn.Parameter(loc.detach().clone())
-        self.log_scale = nn.Parameter(scale.log().expand(d).clone())
+        self.log_scale = nn.Parameter(self._log_scale(init_scale, "init_scale"))
+
+    def _log_scale(self, scale: float | torch.Tensor, name: str) -> torch.Tensor:
+        d = self.net.num_weights
+        value = torch.as_tensor(scale, dtype=self.loc.dtype, device=self.loc.device)
+        if value.shape not in ((), (1,), (d,)):
+            raise ValueError(f"{name} has shape {tuple(value.shape)}: expected a float or ({d},)")
+        if not torch.all(value > 0) or not torch.all(torch.isfinite(value)):
+            raise ValueError(f"{name} must be positive and finite, got {scale!r}")
+        return value.log().expand(d).clone()
+
+    @torch.no_grad()
+    def reset_scale(self, scale: float | torch.Tensor) -> None:
+        """Set every σ to ``scale`` (a float or ``num_weights`` values), e.g. a method's own
+        starting scale (the ``prior_init_scale`` option); the mean is untouched."""
+        self.log_scale.copy_(self._log_scale(scale, "scale"))
 
     def _apply(self, fn, recurse: bool = True):
         # ``.to(device)`` moves the functional network's module too (buffers of user layers).

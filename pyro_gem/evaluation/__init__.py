@@ -7,7 +7,7 @@ Example::
     scores["lpd"]["10"], scores["mse"]["10"]     # [mean, 95% CI half-width] over tasks
 """
 
-from pyro_gem.evaluation.meta_test import meta_test, score_metrics, task_scores
+from pyro_gem.evaluation.meta_test import meta_test, metric_names, score_metrics, task_scores
 from pyro_gem.evaluation.metrics import (
     IntervalCoverage,
     LogPredictiveDensity,
@@ -29,6 +29,7 @@ __all__ = [
     "SquaredError",
     "mean_ci95",
     "meta_test",
+    "metric_names",
     "rollout_meta_test",
     "rollout_scores",
     "score_metrics",

@@ -22,10 +22,15 @@ from pyro_gem.core.batch import TaskBatch
 from pyro_gem.evaluation.metrics import CHUNK_ELEMENTS, LogPredictiveDensity, Metric, Query
 from pyro_gem.evaluation.returns import rollout_meta_test
 
-__all__ = ["meta_test", "score_metrics", "task_scores"]
+__all__ = ["meta_test", "metric_names", "score_metrics", "task_scores"]
 
 #: Keys of a meta-test's results that are not metrics.
-RESERVED = ("num_tasks", "diverged", "steps")
+RESERVED = ("num_tasks", "diverged", "diverged_per_step", "steps")
+
+
+def metric_names(scores: dict) -> list[str]:
+    """The metrics in a meta-test's results (:func:`meta_test`), in their order."""
+    return [k for k in scores if k not in RESERVED]
 
 
 def score_metrics(metrics: Sequence[Metric] = ()) -> tuple[Metric, ...]:
@@ -117,10 +122,12 @@ def meta_test(
     """Adapt to held-out tasks from their support sets and summarise every metric of their
     query sets after each step count. The arguments are those of :func:`task_scores`.
 
-    :returns: ``{metric: {str(step): summary}, "steps": [...], "num_tasks": T, "diverged": n}``,
-        the summary a metric's own (by default ``[mean, 95% CI half-width]`` over tasks). Tasks
-        with a score that is not finite at any step (their inner loop diverged) are counted in
-        ``diverged`` and left out of every summary.
+    :returns: ``{metric: {str(step): summary}, "steps": [...], "num_tasks": T, "diverged": n,
+        "diverged_per_step": {str(step): n}}``, the summary a metric's own (by default ``[mean,
+        95% CI half-width]`` over tasks). Each step count is summarised over the tasks whose
+        scores are finite at that count (a task whose inner loop diverges at 10 steps still
+        counts at 1 step); ``diverged_per_step`` counts the others, and ``diverged`` the tasks
+        that diverged at any step count.
 
     Meta-RL tasks (an :class:`~pyro_gem.tasks.rl.OnPolicyBatch`) have no query set: they are
     scored by :func:`~pyro_gem.evaluation.returns.rollout_meta_test`, ``steps`` counting inner
@@ -132,11 +139,16 @@ def meta_test(
     scores = task_scores(
         learner, tasks, steps, metrics=chosen, num_samples=num_samples, chunk=chunk, seed=seed
     )
-    finite = torch.stack(
-        [v.reshape(len(v), -1).isfinite().all(1) for per in scores.values() for v in per.values()]
-    ).all(0)
-    out: dict = {"steps": sorted(scores[chosen[0].name]), "num_tasks": len(tasks)}
-    out["diverged"] = int((~finite).sum())
+    steps = sorted(scores[chosen[0].name])
+    finite = {
+        s: torch.stack(
+            [per[s].reshape(len(per[s]), -1).isfinite().all(1) for per in scores.values()]
+        ).all(0)
+        for s in steps
+    }
+    out: dict = {"steps": steps, "num_tasks": len(tasks)}
+    out["diverged"] = int((~torch.stack(list(finite.values())).all(0)).sum())
+    out["diverged_per_step"] = {str(s): int((~finite[s]).sum()) for s in steps}
     for m in chosen:
-        out[m.name] = {str(s): m.summarize(v[finite]) for s, v in scores[m.name].items()}
+        out[m.name] = {str(s): m.summarize(v[finite[s]]) for s, v in scores[m.name].items()}
     return out

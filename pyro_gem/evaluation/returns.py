@@ -138,14 +138,17 @@ def rollout_meta_test(
     later_step_scale: float = 1.0,
 ) -> dict:
     """:func:`rollout_scores` summarised: ``{"return": {str(u): [mean, ci95]}, "steps": [...],
-    "num_tasks": T, "diverged": n}``, tasks with a non-finite return left out and counted."""
+    "num_tasks": T, "diverged": n, "diverged_per_step": {str(u): n}}``; each update count over
+    the tasks whose return is finite at that count, the others counted (``diverged``: the tasks
+    non-finite at any count)."""
     scores = rollout_scores(learner, tasks, updates, seed, later_step_scale=later_step_scale)[
         "return"
     ]
-    finite = torch.stack([v.isfinite() for v in scores.values()]).all(0)
+    finite = {u: v.isfinite() for u, v in scores.items()}
     return {
         "steps": sorted(scores),
         "num_tasks": len(tasks),
-        "diverged": int((~finite).sum()),
-        "return": {str(u): mean_ci95(v[finite]) for u, v in scores.items()},
+        "diverged": int((~torch.stack(list(finite.values())).all(0)).sum()),
+        "diverged_per_step": {str(u): int((~f).sum()) for u, f in finite.items()},
+        "return": {str(u): mean_ci95(v[finite[u]]) for u, v in scores.items()},
     }

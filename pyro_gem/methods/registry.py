@@ -56,6 +56,7 @@ __all__ = [
     "attach_runner",
     "build",
     "check_on_workers",
+    "prior_optimizer",
 ]
 
 #: The ``inner_optim`` of GEM-BML(+)'s trust-region steps on a policy's posterior (meta-RL:
@@ -91,6 +92,23 @@ def _inner_optim(config: dict) -> pyro.optim.PyroOptim:
     return pyro.optim.ExponentialLR({"optimizer": cls, "optim_args": {"lr": lr}, "gamma": decay})
 
 
+def prior_optimizer(
+    prior: GaussianPrior, lr: float, scale_lr: float | None = None
+) -> torch.optim.Adam:
+    """Adam over the prior's mean and log-scale; with ``scale_lr`` the log-scale has a meta rate
+    of its own (a second parameter group, which a milestone schedule scales like the first).
+
+    :param lr: the meta rate of the mean (and of the log-scale without ``scale_lr``).
+    :param scale_lr: the meta rate of the log-scale.
+    """
+    if scale_lr is None or scale_lr == lr:
+        return torch.optim.Adam(prior.parameters(), lr=lr)
+    if not scale_lr >= 0:
+        raise ValueError(f"meta_lr_scale must be >= 0, got {scale_lr}")
+    groups = [{"params": [prior.loc]}, {"params": [prior.log_scale], "lr": scale_lr}]
+    return torch.optim.Adam(groups, lr=lr)
+
+
 def _gem(plus: bool):
     def make(model, prior, config):
         common = dict(
@@ -110,7 +128,7 @@ def _gem(plus: bool):
             )
         else:
             inner = InnerVI(optim=_inner_optim(config), **common)
-        meta_optim = torch.optim.Adam(prior.parameters(), lr=config["meta_lr"])
+        meta_optim = prior_optimizer(prior, config["meta_lr"], config.get("meta_lr_scale"))
         return GEMBML(
             model,
             prior,
@@ -129,7 +147,7 @@ def _unrolled(cls, **fixed):
         return cls(
             model,
             prior,
-            torch.optim.Adam(prior.parameters(), lr=config["meta_lr"]),
+            prior_optimizer(prior, config["meta_lr"], config.get("meta_lr_scale")),
             inner_lr=config["inner_lr"],
             inner_steps=config["inner_steps"],
             query_steps=config["query_steps"],
@@ -260,10 +278,11 @@ def check_on_workers(name: str) -> None:
 def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
     """The learner ``name`` over ``model`` and ``prior``, configured by ``config``.
 
-    :param config: run options: ``meta_lr``, ``inner_optim``, ``inner_lr``, ``inner_lr_decay``,
-        ``inner_steps``,
-        ``query_steps``, ``guide``, ``update``, ``num_particles``, ``reg``, ``cg_steps``
-        (see :data:`pyro_gem.config.DEFAULTS`).
+    :param config: run options: ``meta_lr``, ``meta_lr_scale`` (the methods with a
+        Gaussian posterior), ``inner_optim``,
+        ``inner_lr``, ``inner_lr_decay``, ``inner_steps``, ``query_steps``, ``guide``,
+        ``guide_init_scale``, ``prior_init_scale`` (resets the prior's σ), ``update``,
+        ``num_particles``, ``reg``, ``cg_steps`` (see :data:`pyro_gem.config.DEFAULTS`).
     :raises ValueError: for an unknown method or an inner optimiser the method cannot use.
     """
     if name not in METHOD_TABLE:
@@ -302,4 +321,6 @@ def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
             f"{name} needs plain SGD inner steps ({method.needs_sgd}): set inner_optim to "
             f"'sgd' (got {optim!r})"
         )
+    if config.get("prior_init_scale") is not None:
+        prior.reset_scale(config["prior_init_scale"])
     return method.make(model, prior, config)

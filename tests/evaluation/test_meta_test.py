@@ -9,6 +9,7 @@ from sinusoid_fixtures import small_sinusoid
 
 from pyro_gem import GEMBML, InnerVI, Sinusoid, TaskBatch, meta_test, task_scores
 from pyro_gem.config import DEFAULTS
+from pyro_gem.evaluation import metric_names
 from pyro_gem.methods.registry import build
 
 METRICS = Sinusoid().metrics
@@ -34,7 +35,7 @@ def test_meta_test_without_family_metrics_scores_the_log_predictive_density():
     model, prior = small_sinusoid()
     learner = GEMBML(model, prior, inner=InnerVI(steps=1))
     scores = meta_test(learner, Sinusoid().test_tasks(3), (0, 1), num_samples=5)
-    assert [k for k in scores if isinstance(scores[k], dict)] == ["lpd"]
+    assert metric_names(scores) == ["lpd"]
 
 
 @pytest.mark.parametrize("method", ["gem-bml+", "imaml", "maml", "bmaml"])
@@ -72,10 +73,13 @@ def test_task_scores_are_what_meta_test_summarises():
         assert scores[2].isfinite().tolist() == [True, True, True, False, True]
     ok = torch.arange(5) != 3
     assert summary["diverged"] == 1
+    # Each step count over the tasks finite at that count: task 3 still counts at 0 steps.
+    assert summary["diverged_per_step"] == {"0": 0, "2": 1}
+    counted = {0: torch.ones(5, dtype=torch.bool), 2: ok}
     for name in ("lpd", "mse", "coverage90"):
         for s in (0, 2):
             assert summary[name][str(s)][0] == pytest.approx(
-                per_task[name][s][ok].double().mean().item()
+                per_task[name][s][counted[s]].double().mean().item()
             )
     assert ((per_task["coverage90"][2][ok] >= 0) & (per_task["coverage90"][2][ok] <= 1)).all()
 

@@ -116,3 +116,35 @@ def test_inner_lr_decay_needs_a_pyro_optim_inner_loop(method, optim):
         build(method, model, prior, config(inner_optim=optim, inner_lr_decay=0.5))
     with pytest.raises(ValueError, match="inner_lr_decay must lie in"):
         build("gem-bml", model, prior, config(inner_lr_decay=1.5))
+
+
+@pytest.mark.parametrize("method", ["gem-bml+", "gem-bml", "abml", "kl-chaser"])
+def test_meta_lr_scale_gives_the_log_scale_its_own_meta_rate(method):
+    from pyro_gem.training import train
+
+    model, prior = small_sinusoid()
+    learner = build(method, model, prior, config(meta_lr=1e-2, meta_lr_scale=1e-3))
+    m0, s0 = prior.loc.detach().clone(), prior.log_scale.detach().clone()
+    # The milestone schedule scales both rates: ×0.1 from iteration 1 on.
+    train(learner, Sinusoid(), meta_iterations=2, meta_batch=4, eval_every=0, progress=False,
+          meta_lr_milestones=[1])  # fmt: skip
+    assert [g["lr"] for g in learner.meta_optim.param_groups] == pytest.approx([1e-3, 1e-4])
+    # Adam's first two steps move a coordinate by at most lr each: 1e-2 + 1e-3 for m,
+    # 1e-3 + 1e-4 for log σ, and most of them by about that much.
+    dm, ds = (prior.loc.detach() - m0).abs(), (prior.log_scale.detach() - s0).abs()
+    assert dm.max() <= 1.1e-2 * 1.001 and ds.max() <= 1.1e-3 * 1.001
+    assert dm.median() > 2e-3 and ds.median() > 2e-4
+
+
+def test_meta_lr_scale_zero_freezes_the_prior_scale_and_prior_init_scale_sets_it():
+    model, prior = small_sinusoid(init_scale=0.05)
+    learner = build("gem-bml+", model, prior, config(meta_lr_scale=0.0, prior_init_scale=0.2))
+    torch.testing.assert_close(prior.scale, torch.full_like(prior.scale, 0.2))
+    m0 = prior.loc.detach().clone()
+    learner.step(Sinusoid().sample(4, torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(prior.scale, torch.full_like(prior.scale, 0.2))
+    assert not torch.equal(prior.loc.detach(), m0)
+    with pytest.raises(ValueError, match="meta_lr_scale"):
+        build("gem-bml+", model, prior, config(meta_lr_scale=-1.0))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        build("gem-bml+", model, prior, config(prior_init_scale=0.0))

@@ -1,0 +1,203 @@
+"""GEM-BML+ (or GEM-BML) on sinusoid under named inner-loop and meta-schedule configurations, seeds and settings.
+
+Which ingredients make GEM-BML+ accurate? Each configuration below is a set of run options over
+``models/sinusoid.py``'s GEM-BML+ settings. Every (setting, configuration, seed) meta-trains in a
+checkpointed run directory of its own (run the same command again to continue a stopped run; a
+finished one is only meta-tested again), then meta-tests on held-out tasks after each of
+``--steps`` inner steps at its own training step: MSE, log predictive density (nats per task of
+10 query points) and 90% coverage, each step count over the tasks finite at that count, with the
+number that diverged at it. Results go to ``<out>/gem_plus_configs.json`` (rows already in the
+file are kept); ``--table`` prints them as Markdown, one row per configuration and setting with
+the mean over seeds.
+
+    python benchmarks/analysis/gem_plus_configs.py --configs model-file matched --settings default
+    python benchmarks/analysis/gem_plus_configs.py --configs matched --seeds 0 1 2 --meta-iterations 40000
+    python benchmarks/analysis/gem_plus_configs.py --table
+    python benchmarks/analysis/gem_plus_configs.py --quick
+
+The last line printed is JSON: MSE after the most steps per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from pyro_gem import Sinusoid, meta_test
+from pyro_gem.config import build_learner, resolve_config
+from pyro_gem.modelfile import load_model_file
+from pyro_gem.training import train
+
+ROOT = Path(__file__).resolve().parents[2]
+MAML_ALPHA = 0.01 * 2 * 0.3**2 / 10  # MAML's α on the MSE, in log-likelihood units (noise 0.3)
+
+#: The issue's pilot: σ₀ 0.1, one support and one query step of whitened SGD at α/σ₀², the guide
+#: started at a tenth of the prior scale, σ meta-learned ten times slower than m, no milestones.
+MATCHED = {
+    "prior_init_scale": 0.1,
+    "inner_optim": "sgd",
+    "inner_lr": MAML_ALPHA / 0.1**2,
+    "inner_steps": 1,
+    "query_steps": 1,
+    "guide_init_scale": 0.1,
+    "meta_lr": 1e-3,
+    "meta_lr_scale": 1e-4,
+    "meta_lr_milestones": [],
+}
+
+
+def _matched(sigma0: float, **changes) -> dict:
+    """MATCHED at another σ₀, with the whitened step kept at α/σ₀² (the same step in θ)."""
+    return {**MATCHED, "prior_init_scale": sigma0, "inner_lr": MAML_ALPHA / sigma0**2, **changes}
+
+
+#: Name -> run options over the model file's GEM-BML+ settings ({} = the model file's own).
+CONFIGS: dict[str, dict] = {
+    "model-file": {},
+    "matched": MATCHED,
+    # one ingredient of MATCHED changed at a time
+    "matched-sigma0-0.01": _matched(0.01),
+    "matched-sigma0-0.03": _matched(0.03),
+    "matched-sigma0-0.3": _matched(0.3),
+    "matched-step-x3": {**MATCHED, "inner_lr": 3 * MATCHED["inner_lr"]},
+    "matched-step-x0.3": {**MATCHED, "inner_lr": 0.3 * MATCHED["inner_lr"]},
+    "matched-scale-rate-1e-3": {**MATCHED, "meta_lr_scale": 1e-3},
+    "matched-scale-frozen": {**MATCHED, "meta_lr_scale": 0.0},
+    "matched-guide-at-prior": {**MATCHED, "guide_init_scale": None},
+    "matched-milestones": {**MATCHED, "meta_lr_milestones": [5000, 20000]},
+    "matched-5+5": {**MATCHED, "inner_steps": 5, "query_steps": 5},
+    "matched-5+1": {**MATCHED, "inner_steps": 5, "query_steps": 1},
+}
+
+
+def run_dir(out: Path, method: str, setting: str, name: str, seed: int, iterations: int) -> Path:
+    runs = out / "gem_plus_config_runs" / method / setting / name
+    return runs / f"seed{seed}_{iterations}it"
+
+
+def run_one(name: str, setting: str, seed: int, args) -> dict:
+    mf = load_model_file(args.model_file, seed=seed)
+    mf.tasks = Sinusoid(setting, shots=10)
+    config = resolve_config(mf.config, {"method": args.method, "seed": seed})
+    config.update(CONFIGS[name])
+    config["meta_iterations"] = args.meta_iterations
+    learner = build_learner(mf, config)
+    history = train(
+        learner,
+        mf.tasks,
+        meta_iterations=args.meta_iterations,
+        meta_batch=25,
+        seed=seed,
+        out_dir=run_dir(args.out, args.method, setting, name, seed, args.meta_iterations),
+        resume=True,
+        meta_lr_milestones=config["meta_lr_milestones"],
+        meta_lr_gamma=config["meta_lr_gamma"],
+        config=config,
+        eval_every=args.eval_every,
+        eval_tasks=100,
+        progress=not args.no_progress,
+    )
+    scores = meta_test(
+        learner, mf.tasks.test_tasks(args.test_tasks), args.steps, metrics=mf.tasks.metrics
+    )
+    timed = [h["seconds"] for h in history if "seconds" in h]
+    scale = learner.prior.scale.detach()
+    return {
+        "config": name,
+        "method": args.method,
+        "setting": setting,
+        "seed": seed,
+        "meta_iterations": args.meta_iterations,
+        "test_tasks": args.test_tasks,
+        "options": CONFIGS[name],
+        **{k: scores[k] for k in ("mse", "lpd", "coverage90", "diverged_per_step")},
+        "prior_scale_median": scale.median().item(),
+        "prior_scale_max": scale.max().item(),
+        "training_iterations_with_a_diverged_task": sum(bool(h.get("nan_tasks")) for h in history),
+        "seconds_per_iteration": statistics.median(timed) if timed else None,
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per (setting, configuration, budget): the mean over seeds of each figure."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["setting"], r["method"], r["config"], r["meta_iterations"])
+        groups.setdefault(key, []).append(r)
+    steps = sorted({int(s) for r in rows for s in r["mse"]})
+
+    def mean(rs, metric, s):
+        return statistics.mean(r[metric][str(s)][0] for r in rs)
+
+    head = ["setting", "method", "configuration", "iterations", "seeds"]
+    head += [f"MSE {s}" for s in steps] + [f"lpd {s}" for s in steps] + [f"cov90 {steps[-1]}"]
+    head += ["diverged", "σ median"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for (setting, method, name, its), rs in sorted(groups.items()):
+        cells = [setting, method, name, str(its), str(len(rs))]
+        cells += [f"{mean(rs, 'mse', s):#.3g}" for s in steps]
+        cells += [f"{mean(rs, 'lpd', s):#.3g}" for s in steps]
+        cells.append(f"{mean(rs, 'coverage90', steps[-1]):.2f}")
+        cells.append(str(sum(max(r["diverged_per_step"].values()) for r in rs)))
+        cells.append(f"{statistics.mean(r['prior_scale_median'] for r in rs):.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", nargs="+", default=["model-file", "matched"], choices=CONFIGS)
+    p.add_argument("--method", default="gem-bml+", choices=["gem-bml+", "gem-bml"])
+    p.add_argument("--settings", nargs="+", default=["default"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--meta-iterations", type=int, default=3000)
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--test-tasks", type=int, default=300)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--model-file", type=Path, default=ROOT / "models" / "sinusoid.py")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--table", action="store_true", help="print the results as Markdown and exit")
+    p.add_argument("--quick", action="store_true", help="a smoke run: few iterations and tasks")
+    args = p.parse_args(argv)
+    name = "gem_plus_configs_quick.json" if args.quick else "gem_plus_configs.json"
+    path = args.out / name
+    if args.table:
+        print(markdown_table(json.loads(path.read_text())))
+        return []
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.meta_iterations, args.test_tasks, args.eval_every, args.steps = 3, 6, 0, [1, 2]
+    rows = []
+    for setting in args.settings:
+        for config in args.configs:
+            for seed in args.seeds:
+                row = run_one(config, setting, seed, args)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    # Read the file only now: several invocations (one per core) may share it.
+    kept = json.loads(path.read_text()) if path.is_file() else []
+    key = ("setting", "method", "config", "seed", "meta_iterations")
+    done = {tuple(r[k] for k in key) for r in rows}
+    kept = [r for r in kept if tuple(r[k] for k in key) not in done] + rows
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(kept, indent=1))
+    last = str(max(args.steps))
+    print(
+        json.dumps(
+            {
+                f"{r['setting']}/{r['method']}/{r['config']}/{r['seed']}": r["mse"][last][0]
+                for r in rows
+            }
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
