@@ -20,7 +20,10 @@ net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), n
 prior = GaussianPrior(net, init_scale=0.01)
 noise = 0.3  # likelihood standard deviation of y
 MAML_LR = 0.01 * 2 * noise**2 / 10  # MAML's α = 0.01 on the MSE, in log-likelihood units
-GEM_META_LR_MILESTONES = [5000, 20000]  # meta rate ×0.1 at each (GEM-BML(+) and the KL-chaser)
+GEM_META_LR_MILESTONES = [5000, 20000]  # meta rate ×0.1 at each (GEM-BML and the KL-chaser)
+# GEM-BML+'s prior starts at σ₀ = 0.1: wide enough to adapt as far as MAML's steps do (0.01 and
+# 0.03 are too tight, docs/sinusoid.md); its whitened SGD step α/σ₀² moves θ by MAML's α.
+GEM_PLUS_SIGMA0 = 0.1
 
 
 def model(x, y=None):
@@ -46,12 +49,17 @@ config = {
         # Meta rate ×0.1 at the milestones: at a constant rate the noisy GEM estimate lets the
         # prior random-walk once the signal is learned.
         "gem-bml": {"meta_lr_milestones": GEM_META_LR_MILESTONES},
-        # Whitened SGD learns a better prior than Adam 0.2 at half the cost; 0.03 because 0.05 is
-        # at the edge of stability, clipped per task (norm 1) to remove the heavy tail.
+        # One support and one query step of whitened SGD at MAML's step in θ (the delta limit
+        # of this is first-order MAML), from a guide a tenth of the prior's scale; σ meta-learnt
+        # ten times slower than m (unconverged posteriors bias it upwards), at a constant rate.
         "gem-bml+": {
-            "meta_lr_milestones": GEM_META_LR_MILESTONES,
-            "inner_optim": "clipped-sgd",
-            "inner_lr": 0.03,
+            "prior_init_scale": GEM_PLUS_SIGMA0,
+            "inner_optim": "sgd",
+            "inner_lr": MAML_LR / GEM_PLUS_SIGMA0**2,
+            "inner_steps": 1,
+            "query_steps": 1,
+            "guide_init_scale": 0.1,
+            "meta_lr_scale": 1e-4,
         },
         # MAML's own setting: one SGD step of α (Reptile: five).
         "maml": {"inner_optim": "sgd", "inner_lr": MAML_LR, "inner_steps": 1},

@@ -39,6 +39,8 @@ DEFAULTS = {
     "inner_optim": "adam",
     "inner_lr": 0.2,
     "inner_lr_decay": 1.0,
+    # GEM-BML(+): the step of the guide's scales where it differs from inner_lr (None: inner_lr)
+    "inner_scale_lr": None,
     "inner_steps": 20,
     "query_steps": None,
     "guide": "normal",

@@ -55,9 +55,24 @@ def _matched(sigma0: float, **changes) -> dict:
     return {**MATCHED, "prior_init_scale": sigma0, "inner_lr": MAML_ALPHA / sigma0**2, **changes}
 
 
-#: Name -> run options over the model file's GEM-BML+ settings ({} = the model file's own).
+#: GEM-BML+'s settings in the model file before MATCHED (σ₀ 0.01, 20 + 20 whitened SGD steps of
+#: 0.03 cut to norm 1 per task, one meta rate for m and σ, ×0.1 at 5,000 and 20,000).
+CLIPPED_SGD_20 = {
+    "prior_init_scale": 0.01,
+    "inner_optim": "clipped-sgd",
+    "inner_lr": 0.03,
+    "inner_steps": 20,
+    "query_steps": 20,
+    "guide_init_scale": None,
+    "meta_lr": 1e-3,
+    "meta_lr_scale": None,
+    "meta_lr_milestones": [5000, 20000],
+}
+
+#: Name -> run options over the model file's settings for the method.
 CONFIGS: dict[str, dict] = {
     "model-file": {},
+    "clipped-sgd-20+20": CLIPPED_SGD_20,
     "matched": MATCHED,
     # one ingredient of MATCHED changed at a time
     "matched-sigma0-0.01": _matched(0.01),
@@ -122,6 +137,34 @@ def run_one(name: str, setting: str, seed: int, args) -> dict:
     }
 
 
+def score_committed(method: str, setting: str, args) -> dict:
+    """A finished run of ``benchmarks/sinusoid.py`` (its checkpoint and saved options) scored
+    under this script's protocol, as the row of configuration ``committed``."""
+    path = args.out / "sinusoid_runs" / setting / method
+    state = torch.load(path / "checkpoint.pt", weights_only=True)
+    config = json.loads((path / "config.json").read_text())
+    mf = load_model_file(args.model_file, seed=config["seed"])
+    mf.tasks = Sinusoid(setting, shots=10)
+    learner = build_learner(mf, config)
+    learner.load_state_dict(state["learner"])
+    scores = meta_test(
+        learner, mf.tasks.test_tasks(args.test_tasks), args.steps, metrics=mf.tasks.metrics
+    )
+    scale = learner.prior.scale.detach()
+    return {
+        "config": "committed",
+        "method": method,
+        "setting": setting,
+        "seed": config["seed"],
+        "meta_iterations": int(state["iteration"]),
+        "test_tasks": args.test_tasks,
+        "options": {"run": str(path.relative_to(ROOT))},
+        **{k: scores[k] for k in ("mse", "lpd", "coverage90", "diverged_per_step")},
+        "prior_scale_median": scale.median().item(),
+        "prior_scale_max": scale.max().item(),
+    }
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One line per (setting, configuration, budget): the mean over seeds of each figure."""
     groups: dict[tuple, list[dict]] = {}
@@ -152,11 +195,18 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", default=["model-file", "matched"], choices=CONFIGS)
     p.add_argument("--method", default="gem-bml+", choices=["gem-bml+", "gem-bml"])
+    p.add_argument(
+        "--committed",
+        nargs="+",
+        metavar="METHOD",
+        help="instead of training: score these methods' committed 40,000-iteration runs "
+        "(benchmarks/results/sinusoid_runs) under the same protocol",
+    )
     p.add_argument("--settings", nargs="+", default=["default"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--meta-iterations", type=int, default=3000)
     p.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10, 20])
-    p.add_argument("--test-tasks", type=int, default=300)
+    p.add_argument("--test-tasks", type=int, default=600)
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--model-file", type=Path, default=ROOT / "models" / "sinusoid.py")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -175,6 +225,11 @@ def main(argv=None) -> list[dict]:
         args.meta_iterations, args.test_tasks, args.eval_every, args.steps = 3, 6, 0, [1, 2]
     rows = []
     for setting in args.settings:
+        if args.committed:
+            for method in args.committed:
+                rows.append(score_committed(method, setting, args))
+                print(json.dumps(rows[-1]), flush=True)
+            continue
         for config in args.configs:
             for seed in args.seeds:
                 row = run_one(config, setting, seed, args)

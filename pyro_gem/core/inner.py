@@ -35,6 +35,7 @@ from pyro.poutine.messenger import Messenger
 from pyro_gem.core.batch import task_count, validate_task_args
 from pyro_gem.core.elbo import MeanFieldELBO
 from pyro_gem.core.guides import guide_params, resolve_guide, set_guide_params
+from pyro_gem.core.optim import with_lr_for
 from pyro_gem.core.whiten import DECENTERED, WhitenReparam
 
 __all__ = [
@@ -251,6 +252,10 @@ class InnerVI:
         ELBO's gradients are noise; started narrow, VI can fit the data first (as Bayes by
         Backprop starts its scales small), and widens the posterior only as fast as its
         optimiser moves the scales.
+    :param scale_lr: the step of the guide's scales, where it differs from its mean's (``None``:
+        the optimiser's own ``lr`` for both). With whitened SGD at MAML's step α in θ, ``lr =
+        α/σ²`` can be large (Omniglot: 10), and on a guide started narrow the entropy's gradient
+        ``1/ν`` then throws the scales far out in one step.
     :param loss: an ELBO; defaults to :class:`~pyro_gem.core.elbo.MeanFieldELBO`, which computes
         :class:`~pyro.infer.TraceMeanField_ELBO` (analytic KL to the Gaussian prior, which makes
         the scale updates far less noisy) with less per-step overhead.
@@ -265,6 +270,7 @@ class InnerVI:
         loss: pyro.infer.ELBO | None = None,
         whiten: bool = True,
         init_scale: float | None = None,
+        scale_lr: float | None = None,
     ):
         self.guide_cls = resolve_guide(guide)
         optim = pyro.optim.Adam({"lr": 0.01}) if optim is None else optim
@@ -285,6 +291,16 @@ class InnerVI:
         if init_scale is not None and not init_scale > 0:
             raise ValueError(f"init_scale must be a positive fraction, got {init_scale}")
         self.init_scale = init_scale
+        if scale_lr is not None and (
+            isinstance(optim, PyroLRScheduler) or "lr" not in getattr(optim, "pt_optim_args", {})
+        ):
+            raise ValueError(
+                "scale_lr needs a plain PyroOptim with an 'lr' (not a scheduler or per-parameter "
+                f"arguments), got {type(optim).__name__}"
+            )
+        if scale_lr is not None and not scale_lr > 0:
+            raise ValueError(f"scale_lr must be > 0, got {scale_lr}")
+        self.scale_lr = scale_lr
 
     def svi_step(self, svi: SVI, problem: InnerProblem) -> float:
         """One step of the inner VI (an SVI step; a subclass may take another kind of step,
@@ -375,6 +391,9 @@ class InnerVI:
                 guide(*args)
             set_guide_params(guide, guide_site, init_loc, init_scale)
             optim = copy.deepcopy(self.optim)
+            scales = getattr(guide, "scales", None)
+            if self.scale_lr is not None and scales is not None:
+                optim = with_lr_for(optim, scales.parameters(), self.scale_lr)
             svi = SVI(conditioned, guide, optim, self._elbo(nesting))
             problem = InnerProblem(model, site, args, nesting, guide, guide_site, p_loc, p_scale)
             for i in range(steps + 1):

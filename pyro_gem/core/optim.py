@@ -16,11 +16,42 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
+from pyro.optim import PyroOptim
+from pyro.optim.lr_scheduler import PyroLRScheduler
 
-__all__ = ["TaskClippedSGD"]
+__all__ = ["TaskClippedSGD", "with_lr_for"]
+
+
+class _ParamsLR(PyroOptim):
+    """A PyroOptim whose optimisers of some parameters take another learning rate."""
+
+    def __init__(self, optim: PyroOptim, params: Iterable[torch.Tensor], lr: float):
+        self.__dict__.update(copy.deepcopy(optim).__dict__)
+        self._other_ids = {id(p) for p in params}
+        self._other_lr = lr
+
+    def _get_optim_args(self, param):
+        args = super()._get_optim_args(param)
+        return {**args, "lr": self._other_lr} if id(param) in self._other_ids else args
+
+
+def with_lr_for(optim: PyroOptim, params: Iterable[torch.Tensor], lr: float) -> PyroOptim:
+    """A copy of ``optim`` (a PyroOptim with a ``lr``) whose optimisers of ``params`` step
+    with ``lr`` instead: e.g. a guide's scales at a step of their own (the inner VI's
+    ``scale_lr``). Pyro's per-parameter ``optim_args`` callables look parameters up by name in
+    the global param store, which the inner VI never touches; this goes by identity.
+
+    :raises ValueError: for a learning-rate scheduler (its arguments are the scheduler's).
+    """
+    if isinstance(optim, PyroLRScheduler):
+        raise ValueError("a step of its own for some parameters needs a plain PyroOptim")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    return _ParamsLR(optim, params, lr)
 
 
 class TaskClippedSGD(torch.optim.Optimizer):

@@ -127,7 +127,9 @@ def _gem(plus: bool):
                 **common,
             )
         else:
-            inner = InnerVI(optim=_inner_optim(config), **common)
+            inner = InnerVI(
+                optim=_inner_optim(config), scale_lr=config.get("inner_scale_lr"), **common
+            )
         meta_optim = prior_optimizer(prior, config["meta_lr"], config.get("meta_lr_scale"))
         return GEMBML(
             model,
@@ -280,7 +282,7 @@ def build(name: str, model: Callable, prior: GaussianPrior, config: dict):
 
     :param config: run options: ``meta_lr``, ``meta_lr_scale`` (the methods with a
         Gaussian posterior), ``inner_optim``,
-        ``inner_lr``, ``inner_lr_decay``, ``inner_steps``, ``query_steps``, ``guide``,
+        ``inner_lr``, ``inner_lr_decay``, ``inner_scale_lr`` (GEM-BML(+)), ``inner_steps``, ``query_steps``, ``guide``,
         ``guide_init_scale``, ``prior_init_scale`` (resets the prior's σ), ``update``,
         ``num_particles``, ``reg``, ``cg_steps`` (see :data:`pyro_gem.config.DEFAULTS`).
     :raises ValueError: for an unknown method or an inner optimiser the method cannot use.

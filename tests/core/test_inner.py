@@ -177,3 +177,35 @@ def test_inner_vi_errors():
     batch = Sinusoid().sample(2, torch.Generator().manual_seed(3))
     with pytest.raises(ValueError, match="no prior sample site 'theta'"):
         InnerVI().fit(no_prior, "theta", batch.support, (prior.loc, prior.scale))
+
+
+def test_scale_lr_steps_the_guides_scales_alone():
+    """One SGD step: the means move by lr·g whatever scale_lr is, the scales' unconstrained
+    parameters by scale_lr·g (the same gradients: one draw, the same seed)."""
+    model, prior = small_sinusoid()
+    batch = Sinusoid().sample(3, torch.Generator().manual_seed(0))
+    p = (prior.loc.detach(), prior.scale.detach())
+    fits = {}
+    for scale_lr in (None, 0.5, 1e-3):
+        pyro.set_rng_seed(1)
+        vi = InnerVI(optim=pyro.optim.SGD({"lr": 0.05}), steps=1, init_scale=0.1, scale_lr=scale_lr)
+        fits[scale_lr] = vi.fit(model, "theta", batch.support, p)
+    torch.testing.assert_close(fits[0.5].loc, fits[None].loc)
+    torch.testing.assert_close(fits[1e-3].loc, fits[None].loc)
+
+    def moved(fit):  # the softplus-unconstrained scale's change, in whitened units
+        start = torch.as_tensor(0.1)
+        return torch.log(torch.expm1(fit.scale / prior.scale)) - torch.log(torch.expm1(start))
+
+    torch.testing.assert_close(moved(fits[0.5]), moved(fits[None]) * 10, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(moved(fits[1e-3]), moved(fits[None]) / 50, rtol=1e-3, atol=1e-6)
+
+
+def test_scale_lr_needs_a_plain_optimiser_with_a_step():
+    sched = pyro.optim.ExponentialLR(
+        {"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.1}, "gamma": 0.9}
+    )
+    with pytest.raises(ValueError, match="scale_lr needs a plain PyroOptim"):
+        InnerVI(optim=sched, scale_lr=0.1)
+    with pytest.raises(ValueError, match="scale_lr must be > 0"):
+        InnerVI(optim=pyro.optim.SGD({"lr": 0.1}), scale_lr=0.0)

@@ -7,8 +7,8 @@ log-likelihood's gradient (the prior's own gradient is zero where the step start
 methods' step α is ``lr σ²``.
 """
 
-import pytest
 import pyro
+import pytest
 import torch
 from sinusoid_fixtures import small_sinusoid
 
