@@ -68,8 +68,8 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
             "meta_batch": args.meta_batch,
         },
     )
+    learner = build_learner(mf, config)  # may set the prior's σ₀ (prior_init_scale)
     initial_scale = mf.prior.scale.median().item()
-    learner = build_learner(mf, config)
     run_dir = (
         args.out / ("sinusoid_quick_runs" if args.quick else "sinusoid_runs") / setting / method
     )
@@ -105,14 +105,17 @@ def run_one(method: str, setting: str, args) -> tuple[dict, list[dict]]:
         "inner_optim": config["inner_optim"],
         "inner_lr": config["inner_lr"],
         "inner_lr_decay": config["inner_lr_decay"],
+        "inner_scale_lr": config["inner_scale_lr"],
         "inner_steps": config["inner_steps"],
         "query_steps": config["query_steps"] or config["inner_steps"],
         "update": config["update"],
         "whitened": getattr(getattr(learner, "inner", None), "whiten", None),
         "num_particles": config["num_particles"],
+        "guide_init_scale": config["guide_init_scale"],
         "likelihood_noise": getattr(mf.module, "noise", None),
         "initial_prior_scale": initial_scale,
         "meta_lr": config["meta_lr"],
+        "meta_lr_scale": config["meta_lr_scale"],
         "meta_lr_milestones": config["meta_lr_milestones"],
         "meta_lr_gamma": config["meta_lr_gamma"],
     }

@@ -166,7 +166,9 @@ def score_committed(method: str, setting: str, args) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per (setting, configuration, budget): the mean over seeds of each figure."""
+    """One line per (setting, method, configuration, budget): the mean over seeds of each
+    figure, the MSE after 10 steps of each seed, the held-out tasks that diverged (summed over
+    seeds, at the step count where most did) and the median prior scale."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         key = (r["setting"], r["method"], r["config"], r["meta_iterations"])
@@ -177,14 +179,18 @@ def markdown_table(rows: list[dict]) -> str:
         return statistics.mean(r[metric][str(s)][0] for r in rs)
 
     head = ["setting", "method", "configuration", "iterations", "seeds"]
-    head += [f"MSE {s}" for s in steps] + [f"lpd {s}" for s in steps] + [f"cov90 {steps[-1]}"]
-    head += ["diverged", "σ median"]
+    cov_steps = [s for s in (10, steps[-1]) if s in steps]
+    head += [f"MSE {s}" for s in steps] + [f"lpd {s}" for s in steps]
+    head += [f"cov90 {s}" for s in dict.fromkeys(cov_steps)]
+    head += ["MSE 10 by seed", "diverged", "σ median"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (setting, method, name, its), rs in sorted(groups.items()):
         cells = [setting, method, name, str(its), str(len(rs))]
         cells += [f"{mean(rs, 'mse', s):#.3g}" for s in steps]
         cells += [f"{mean(rs, 'lpd', s):#.3g}" for s in steps]
-        cells.append(f"{mean(rs, 'coverage90', steps[-1]):.2f}")
+        cells += [f"{mean(rs, 'coverage90', s):.2f}" for s in dict.fromkeys(cov_steps)]
+        by_seed = sorted(rs, key=lambda r: r["seed"])
+        cells.append(" / ".join(f"{r['mse']['10'][0]:#.3g}" for r in by_seed if "10" in r["mse"]))
         cells.append(str(sum(max(r["diverged_per_step"].values()) for r in rs)))
         cells.append(f"{statistics.mean(r['prior_scale_median'] for r in rs):.3g}")
         lines.append("| " + " | ".join(cells) + " |")
