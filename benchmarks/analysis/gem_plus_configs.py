@@ -13,6 +13,7 @@ the mean over seeds.
     python benchmarks/analysis/gem_plus_configs.py --configs model-file matched --settings default
     python benchmarks/analysis/gem_plus_configs.py --configs matched --seeds 0 1 2 --meta-iterations 40000
     python benchmarks/analysis/gem_plus_configs.py --table
+    python benchmarks/analysis/gem_plus_configs.py --plot gem-bml+/default/matched/seed0_40000it
     python benchmarks/analysis/gem_plus_configs.py --quick
 
 The last line printed is JSON: MSE after the most steps per run.
@@ -197,6 +198,35 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_training(out: Path, runs: list[str]) -> Path:
+    """Held-out MSE after the training's inner steps (100 tasks) and the median prior scale over
+    meta-training, for the run directories ``runs`` (``method/setting/config/seedN_Mit`` under
+    ``<out>/gem_plus_config_runs``): ``<out>/gem_plus_configs_training.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for run in runs:
+        history = json.loads((out / "gem_plus_config_runs" / run / "history.json").read_text())
+        evals = [(h["iteration"], h["heldout_mse"]) for h in history if "heldout_mse" in h]
+        axes[0].plot(*zip(*evals, strict=True), marker=".", label=run)
+        thin = history[::50]
+        axes[1].plot([h["iteration"] for h in thin], [h["prior_scale_median"] for h in thin])
+    axes[0].set_title("held-out MSE after the training's steps (100 tasks)")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=6)
+    axes[1].set_title("median prior scale σ")
+    for ax in axes:
+        ax.set_xlabel("meta-iteration")
+    fig.tight_layout()
+    path = out / "gem_plus_configs_training.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", default=["model-file", "matched"], choices=CONFIGS)
@@ -219,12 +249,21 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--table", action="store_true", help="print the results as Markdown and exit")
+    p.add_argument(
+        "--plot",
+        nargs="+",
+        metavar="RUN",
+        help="plot these runs' training curves (method/setting/config/seedN_Mit) and exit",
+    )
     p.add_argument("--quick", action="store_true", help="a smoke run: few iterations and tasks")
     args = p.parse_args(argv)
     name = "gem_plus_configs_quick.json" if args.quick else "gem_plus_configs.json"
     path = args.out / name
     if args.table:
         print(markdown_table(json.loads(path.read_text())))
+        return []
+    if args.plot:
+        print(plot_training(args.out, args.plot))
         return []
     torch.set_num_threads(args.threads)
     if args.quick:
