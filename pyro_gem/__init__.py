@@ -23,7 +23,7 @@ from pyro_gem.core.estimators import GradientEM, gem_gradient, gem_plus_gradient
 from pyro_gem.core.inner import InnerVI
 from pyro_gem.core.nn import FunctionalNet
 from pyro_gem.core.posterior import ParticlePosterior, Posterior
-from pyro_gem.core.priors import GaussianPrior
+from pyro_gem.core.priors import GaussianPrior, prior_optimizer
 from pyro_gem.evaluation import Metric, Query, meta_test, task_scores
 from pyro_gem.methods import GEMBML, METHOD_TABLE, METHODS, build
 from pyro_gem.modelfile import settings
@@ -51,6 +51,7 @@ __all__ = [
     "gem_plus_gradient",
     "load_run",
     "meta_test",
+    "prior_optimizer",
     "settings",
     "task_scores",
 ]

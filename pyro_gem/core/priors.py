@@ -32,7 +32,7 @@ from torch import nn
 
 from pyro_gem.core.nn import FunctionalNet
 
-__all__ = ["GaussianPrior"]
+__all__ = ["GaussianPrior", "prior_optimizer"]
 
 
 class GaussianPrior(nn.Module):
@@ -112,3 +112,20 @@ class GaussianPrior(nn.Module):
         dims = [f.dim for f in get_plates() if f.vectorized and f.dim is not None]
         weight_batch = theta.dim() - 1 + max(dims) + 1 if dims else None
         return lambda x: self.net(theta, x, weight_batch)
+
+
+def prior_optimizer(
+    prior: GaussianPrior, lr: float, scale_lr: float | None = None
+) -> torch.optim.Adam:
+    """Adam over the prior's mean and log-scale; with ``scale_lr`` the log-scale has a meta rate
+    of its own (a second parameter group, which a milestone schedule scales like the first).
+
+    :param lr: the meta rate of the mean (and of the log-scale without ``scale_lr``).
+    :param scale_lr: the meta rate of the log-scale.
+    """
+    if scale_lr is None or scale_lr == lr:
+        return torch.optim.Adam(prior.parameters(), lr=lr)
+    if not scale_lr >= 0:
+        raise ValueError(f"meta_lr_scale must be >= 0, got {scale_lr}")
+    groups = [{"params": [prior.loc]}, {"params": [prior.log_scale], "lr": scale_lr}]
+    return torch.optim.Adam(groups, lr=lr)

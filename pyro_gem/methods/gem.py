@@ -10,13 +10,18 @@
 
 Tasks whose inner VI produced non-finite values are left out of step 3 and reported.
 
-Example::
+Example: GEM-BML+ as ``models/sinusoid.py`` configures it (docs/sinusoid.md, "GEM-BML+
+redesigned"): a prior of σ₀ = 0.1, one support and one query step of whitened SGD that moves θ
+by MAML's step α (whitened SGD moves θ by lr·σ²), the guide started at a tenth of the prior's
+scale, and the prior's σ meta-learnt ten times slower than its mean::
 
-    learner = GEMBML(model, prior, torch.optim.Adam(prior.parameters(), 1e-3), plus=True,
-                     inner=InnerVI(optim=pyro.optim.Adam({"lr": 0.1}), steps=10))
-    for it in range(1000):
+    prior.reset_scale(0.1)
+    inner = InnerVI(optim=pyro.optim.SGD({"lr": alpha / 0.1**2}), steps=1, init_scale=0.1)
+    learner = GEMBML(model, prior, prior_optimizer(prior, 1e-3, scale_lr=1e-4), plus=True,
+                     inner=inner, query_steps=1)
+    for it in range(40000):
         stats = learner.step(tasks.sample(25, gen))
-    post = learner.adapt(x_support, y_support)
+    post = learner.adapt(x_support, y_support, steps=10)
 """
 
 from __future__ import annotations

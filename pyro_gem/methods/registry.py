@@ -38,7 +38,7 @@ import torch
 
 from pyro_gem.core.inner import InnerVI
 from pyro_gem.core.optim import TaskClippedSGD
-from pyro_gem.core.priors import GaussianPrior
+from pyro_gem.core.priors import GaussianPrior, prior_optimizer
 from pyro_gem.methods.bmaml import BMAML
 from pyro_gem.methods.elbo_gradient import AmortizedBML, KLChaser
 from pyro_gem.methods.gem import GEMBML
@@ -56,7 +56,6 @@ __all__ = [
     "attach_runner",
     "build",
     "check_on_workers",
-    "prior_optimizer",
 ]
 
 #: The ``inner_optim`` of GEM-BML(+)'s trust-region steps on a policy's posterior (meta-RL:
@@ -90,23 +89,6 @@ def _inner_optim(config: dict) -> pyro.optim.PyroOptim:
     if decay == 1.0:
         return pyro.optim.PyroOptim(cls, {"lr": lr})
     return pyro.optim.ExponentialLR({"optimizer": cls, "optim_args": {"lr": lr}, "gamma": decay})
-
-
-def prior_optimizer(
-    prior: GaussianPrior, lr: float, scale_lr: float | None = None
-) -> torch.optim.Adam:
-    """Adam over the prior's mean and log-scale; with ``scale_lr`` the log-scale has a meta rate
-    of its own (a second parameter group, which a milestone schedule scales like the first).
-
-    :param lr: the meta rate of the mean (and of the log-scale without ``scale_lr``).
-    :param scale_lr: the meta rate of the log-scale.
-    """
-    if scale_lr is None or scale_lr == lr:
-        return torch.optim.Adam(prior.parameters(), lr=lr)
-    if not scale_lr >= 0:
-        raise ValueError(f"meta_lr_scale must be >= 0, got {scale_lr}")
-    groups = [{"params": [prior.loc]}, {"params": [prior.log_scale], "lr": scale_lr}]
-    return torch.optim.Adam(groups, lr=lr)
 
 
 def _gem(plus: bool):

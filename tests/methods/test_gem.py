@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -183,3 +184,39 @@ def test_prediction_survives_a_task_whose_scale_underflowed():
     draws = post.predict(test.query[0], num_samples=4)
     assert torch.isnan(draws["mean"][:, 1]).all()
     assert torch.isfinite(draws["mean"][:, [0, 2]]).all()
+
+
+def test_redesigned_gem_plus_by_hand_is_the_model_files():
+    """The recipe of methods/gem.py's docstring builds the learner models/sinusoid.py's config
+    describes: the same prior after two meta-iterations, bit for bit."""
+    import pyro.optim
+
+    from pyro_gem import prior_optimizer
+    from pyro_gem.config import build_learner, resolve_config
+    from pyro_gem.modelfile import load_model_file
+
+    path = Path(__file__).resolve().parents[2] / "models" / "sinusoid.py"
+    batches = [Sinusoid().sample(6, torch.Generator().manual_seed(s)) for s in (0, 1)]
+    priors = []
+    for by_hand in (False, True):
+        mf = load_model_file(path, seed=0)
+        if by_hand:
+            alpha = mf.module.MAML_LR
+            mf.prior.reset_scale(0.1)
+            inner = InnerVI(optim=pyro.optim.SGD({"lr": alpha / 0.1**2}), steps=1, init_scale=0.1)
+            learner = GEMBML(
+                mf.model,
+                mf.prior,
+                prior_optimizer(mf.prior, 1e-3, scale_lr=1e-4),
+                plus=True,
+                inner=inner,
+                query_steps=1,
+            )
+        else:
+            learner = build_learner(mf, resolve_config(mf.config, {"method": "gem-bml+"}))
+        pyro.set_rng_seed(3)
+        for batch in batches:
+            learner.step(batch)
+        priors.append((mf.prior.loc.detach().clone(), mf.prior.log_scale.detach().clone()))
+    for a, b in zip(*priors):
+        assert torch.equal(a, b)
