@@ -300,7 +300,7 @@ class InnerVI:
             )
         if scale_lr is not None and not scale_lr > 0:
             raise ValueError(f"scale_lr must be > 0, got {scale_lr}")
-        self.scale_lr = scale_lr
+        self.guide_scale_lr = scale_lr
 
     def svi_step(self, svi: SVI, problem: InnerProblem) -> float:
         """One step of the inner VI (an SVI step; a subclass may take another kind of step,
@@ -392,8 +392,8 @@ class InnerVI:
             set_guide_params(guide, guide_site, init_loc, init_scale)
             optim = copy.deepcopy(self.optim)
             scales = getattr(guide, "scales", None)
-            if self.scale_lr is not None and scales is not None:
-                optim = with_lr_for(optim, scales.parameters(), self.scale_lr)
+            if self.guide_scale_lr is not None and scales is not None:
+                optim = with_lr_for(optim, scales.parameters(), self.guide_scale_lr)
             svi = SVI(conditioned, guide, optim, self._elbo(nesting))
             problem = InnerProblem(model, site, args, nesting, guide, guide_site, p_loc, p_scale)
             for i in range(steps + 1):
