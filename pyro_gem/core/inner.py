@@ -291,8 +291,9 @@ class InnerVI:
         if init_scale is not None and not init_scale > 0:
             raise ValueError(f"init_scale must be a positive fraction, got {init_scale}")
         self.init_scale = init_scale
+        args = getattr(optim, "pt_optim_args", None)
         if scale_lr is not None and (
-            isinstance(optim, PyroLRScheduler) or "lr" not in getattr(optim, "pt_optim_args", {})
+            isinstance(optim, PyroLRScheduler) or not isinstance(args, dict) or "lr" not in args
         ):
             raise ValueError(
                 "scale_lr needs a plain PyroOptim with an 'lr' (not a scheduler or per-parameter "

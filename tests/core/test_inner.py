@@ -207,5 +207,7 @@ def test_scale_lr_needs_a_plain_optimiser_with_a_step():
     )
     with pytest.raises(ValueError, match="scale_lr needs a plain PyroOptim"):
         InnerVI(optim=sched, scale_lr=0.1)
+    with pytest.raises(ValueError, match="scale_lr needs a plain PyroOptim"):
+        InnerVI(optim=pyro.optim.SGD(lambda name: {"lr": 0.1}), scale_lr=0.1)
     with pytest.raises(ValueError, match="scale_lr must be > 0"):
         InnerVI(optim=pyro.optim.SGD({"lr": 0.1}), scale_lr=0.0)
