@@ -35,7 +35,7 @@ from pyro.poutine.messenger import Messenger
 from pyro_gem.core.batch import task_count, validate_task_args
 from pyro_gem.core.elbo import MeanFieldELBO
 from pyro_gem.core.guides import guide_params, resolve_guide, set_guide_params
-from pyro_gem.core.optim import with_lr_for
+from pyro_gem.core.optim import check_lr_for, with_lr_for
 from pyro_gem.core.whiten import DECENTERED, WhitenReparam
 
 __all__ = [
@@ -291,16 +291,8 @@ class InnerVI:
         if init_scale is not None and not init_scale > 0:
             raise ValueError(f"init_scale must be a positive fraction, got {init_scale}")
         self.init_scale = init_scale
-        args = getattr(optim, "pt_optim_args", None)
-        if scale_lr is not None and (
-            isinstance(optim, PyroLRScheduler) or not isinstance(args, dict) or "lr" not in args
-        ):
-            raise ValueError(
-                "scale_lr needs a plain PyroOptim with an 'lr' (not a scheduler or per-parameter "
-                f"arguments), got {type(optim).__name__}"
-            )
-        if scale_lr is not None and not scale_lr > 0:
-            raise ValueError(f"scale_lr must be > 0, got {scale_lr}")
+        if scale_lr is not None:
+            check_lr_for(optim, scale_lr, "scale_lr")  # here, not at the first fit
         self.guide_scale_lr = scale_lr
 
     def svi_step(self, svi: SVI, problem: InnerProblem) -> float:

@@ -23,7 +23,7 @@ import torch
 from pyro.optim import PyroOptim
 from pyro.optim.lr_scheduler import PyroLRScheduler
 
-__all__ = ["TaskClippedSGD", "with_lr_for"]
+__all__ = ["TaskClippedSGD", "check_lr_for", "with_lr_for"]
 
 
 class _ParamsLR(PyroOptim):
@@ -39,18 +39,30 @@ class _ParamsLR(PyroOptim):
         return {**args, "lr": self._other_lr} if id(param) in self._other_ids else args
 
 
+def check_lr_for(optim: PyroOptim, lr: float, name: str = "lr") -> None:
+    """Raise ValueError unless :func:`with_lr_for` can give some of ``optim``'s parameters the
+    step ``lr``: ``optim`` a plain PyroOptim with an ``lr`` (not a scheduler, whose arguments
+    are the scheduler's, nor per-parameter arguments), ``lr`` positive. ``name`` is the
+    option's name in the messages."""
+    args = getattr(optim, "pt_optim_args", None)
+    if isinstance(optim, PyroLRScheduler) or not isinstance(args, dict) or "lr" not in args:
+        raise ValueError(
+            f"{name} needs a plain PyroOptim with an 'lr' (not a scheduler or per-parameter "
+            f"arguments), got {type(optim).__name__}"
+        )
+    if not lr > 0:
+        raise ValueError(f"{name} must be > 0, got {lr}")
+
+
 def with_lr_for(optim: PyroOptim, params: Iterable[torch.Tensor], lr: float) -> PyroOptim:
     """A copy of ``optim`` (a PyroOptim with a ``lr``) whose optimisers of ``params`` step
     with ``lr`` instead: e.g. a guide's scales at a step of their own (the inner VI's
     ``scale_lr``). Pyro's per-parameter ``optim_args`` callables look parameters up by name in
     the global param store, which the inner VI never touches; this goes by identity.
 
-    :raises ValueError: for a learning-rate scheduler (its arguments are the scheduler's).
+    :raises ValueError: as :func:`check_lr_for`.
     """
-    if isinstance(optim, PyroLRScheduler):
-        raise ValueError("a step of its own for some parameters needs a plain PyroOptim")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    check_lr_for(optim, lr)
     return _ParamsLR(optim, params, lr)
 
 

@@ -19,7 +19,13 @@ from collections.abc import Sequence
 import torch
 
 from pyro_gem.core.batch import TaskBatch
-from pyro_gem.evaluation.metrics import CHUNK_ELEMENTS, LogPredictiveDensity, Metric, Query
+from pyro_gem.evaluation.metrics import (
+    CHUNK_ELEMENTS,
+    LogPredictiveDensity,
+    Metric,
+    Query,
+    divergence_counts,
+)
 from pyro_gem.evaluation.returns import rollout_meta_test
 
 __all__ = ["meta_test", "metric_names", "score_metrics", "task_scores"]
@@ -146,9 +152,7 @@ def meta_test(
         ).all(0)
         for s in steps
     }
-    out: dict = {"steps": steps, "num_tasks": len(tasks)}
-    out["diverged"] = int((~torch.stack(list(finite.values())).all(0)).sum())
-    out["diverged_per_step"] = {str(s): int((~finite[s]).sum()) for s in steps}
+    out: dict = {"steps": steps, "num_tasks": len(tasks), **divergence_counts(finite)}
     for m in chosen:
         out[m.name] = {str(s): m.summarize(v[finite[s]]) for s, v in scores[m.name].items()}
     return out

@@ -40,6 +40,7 @@ __all__ = [
     "MetricError",
     "Query",
     "SquaredError",
+    "divergence_counts",
     "mean_ci95",
 ]
 
@@ -59,6 +60,15 @@ def mean_ci95(values: torch.Tensor) -> list[float]:
     values = values.double()
     half = 1.96 * values.std(unbiased=True) / values.numel() ** 0.5 if values.numel() > 1 else 0.0
     return [values.mean().item(), float(half)]
+
+
+def divergence_counts(finite: dict) -> dict:
+    """A meta-test's divergence counts from ``{step: (T,) bool}``, whether each task's scores
+    are finite at that step count: ``{"diverged": tasks non-finite at any count,
+    "diverged_per_step": {str(step): tasks non-finite at it}}``."""
+    anywhere = ~torch.stack(list(finite.values())).all(0)
+    per_step = {str(s): int((~ok).sum()) for s, ok in finite.items()}
+    return {"diverged": int(anywhere.sum()), "diverged_per_step": per_step}
 
 
 class Query:

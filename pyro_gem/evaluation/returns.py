@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pyro_gem.evaluation.metrics import Metric, MetricError, mean_ci95
+from pyro_gem.evaluation.metrics import Metric, MetricError, divergence_counts, mean_ci95
 from pyro_gem.rl.advantages import rollout_data
 from pyro_gem.rl.trust_region import TrustRegionVI
 
@@ -148,7 +148,6 @@ def rollout_meta_test(
     return {
         "steps": sorted(scores),
         "num_tasks": len(tasks),
-        "diverged": int((~torch.stack(list(finite.values())).all(0)).sum()),
-        "diverged_per_step": {str(u): int((~f).sum()) for u, f in finite.items()},
+        **divergence_counts(finite),
         "return": {str(u): mean_ci95(v[finite[u]]) for u, v in scores.items()},
     }
