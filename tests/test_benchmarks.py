@@ -278,3 +278,17 @@ def test_rl_sampler_speed_quick(tmp_path):
         "halfcheetah_vel", "--out", str(tmp_path),
     )  # fmt: skip
     assert summary["sampler_speedup"] > 0 and "halfcheetah_vel/sampler_speedup" in summary
+
+
+def test_gem_plus_configs_quick(tmp_path):
+    argv = ["benchmarks/analysis/gem_plus_configs.py", "--quick", "--out", str(tmp_path)]
+    summary = run(*argv, "--configs", "matched", "matched-sigma0-0.3")
+    assert set(summary) == {"default/gem-bml+/matched/0", "default/gem-bml+/matched-sigma0-0.3/0"}
+    rows = json.loads((tmp_path / "gem_plus_configs_quick.json").read_text())
+    assert [r["config"] for r in rows] == ["matched", "matched-sigma0-0.3"]
+    for row in rows:
+        assert set(row["mse"]) == set(row["lpd"]) == set(row["diverged_per_step"]) == {"1", "2"}
+        assert row["meta_iterations"] == 3 and row["test_tasks"] == 6
+    # each configuration's σ₀ reached the prior (only the mean and σ's slow rate moved it)
+    assert rows[0]["prior_scale_median"] == pytest.approx(0.1, rel=1e-3)
+    assert rows[1]["prior_scale_median"] == pytest.approx(0.3, rel=1e-3)

@@ -117,24 +117,36 @@ def run_one(name: str, setting: str, seed: int, args) -> dict:
         eval_tasks=100,
         progress=not args.no_progress,
     )
-    scores = meta_test(
-        learner, mf.tasks.test_tasks(args.test_tasks), args.steps, metrics=mf.tasks.metrics
-    )
     timed = [h["seconds"] for h in history if "seconds" in h]
+    row = scored_row(
+        learner, mf.tasks, args, name, args.method, setting, seed, args.meta_iterations
+    )
+    return {
+        **row,
+        "options": CONFIGS[name],
+        "training_iterations_with_a_diverged_task": sum(bool(h.get("nan_tasks")) for h in history),
+        "seconds_per_iteration": statistics.median(timed) if timed else None,
+    }
+
+
+def scored_row(
+    learner, tasks, args, config: str, method: str, setting: str, seed: int, iterations: int
+) -> dict:
+    """A results row: which run it is, and its meta-test under this script's protocol."""
+    scores = meta_test(
+        learner, tasks.test_tasks(args.test_tasks), args.steps, metrics=tasks.metrics
+    )
     scale = learner.prior.scale.detach()
     return {
-        "config": name,
-        "method": args.method,
+        "config": config,
+        "method": method,
         "setting": setting,
         "seed": seed,
-        "meta_iterations": args.meta_iterations,
+        "meta_iterations": iterations,
         "test_tasks": args.test_tasks,
-        "options": CONFIGS[name],
         **{k: scores[k] for k in ("mse", "lpd", "coverage90", "diverged_per_step")},
         "prior_scale_median": scale.median().item(),
         "prior_scale_max": scale.max().item(),
-        "training_iterations_with_a_diverged_task": sum(bool(h.get("nan_tasks")) for h in history),
-        "seconds_per_iteration": statistics.median(timed) if timed else None,
     }
 
 
@@ -148,22 +160,17 @@ def score_committed(method: str, setting: str, args) -> dict:
     mf.tasks = Sinusoid(setting, shots=10)
     learner = build_learner(mf, config)
     learner.load_state_dict(state["learner"])
-    scores = meta_test(
-        learner, mf.tasks.test_tasks(args.test_tasks), args.steps, metrics=mf.tasks.metrics
+    row = scored_row(
+        learner,
+        mf.tasks,
+        args,
+        "committed",
+        method,
+        setting,
+        config["seed"],
+        int(state["iteration"]),
     )
-    scale = learner.prior.scale.detach()
-    return {
-        "config": "committed",
-        "method": method,
-        "setting": setting,
-        "seed": config["seed"],
-        "meta_iterations": int(state["iteration"]),
-        "test_tasks": args.test_tasks,
-        "options": {"run": str(path.relative_to(ROOT))},
-        **{k: scores[k] for k in ("mse", "lpd", "coverage90", "diverged_per_step")},
-        "prior_scale_median": scale.median().item(),
-        "prior_scale_max": scale.max().item(),
-    }
+    return {**row, "options": {"run": str(path.relative_to(ROOT))}}
 
 
 def markdown_table(rows: list[dict]) -> str:
