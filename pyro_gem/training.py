@@ -67,12 +67,23 @@ def save_checkpoint(
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    tmp = out / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out / CHECKPOINT)
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    (out / "history.json").write_text(json.dumps(history, separators=(",", ":")))
+    # Each file is written beside its place and renamed over it. The history goes before the
+    # checkpoint: a resume truncates a longer history to the checkpoint's iteration.
+    _replace(
+        out / "config.json", lambda f: f.write_text(json.dumps(config, indent=2, sort_keys=True))
+    )
+    _replace(
+        out / "history.json", lambda f: f.write_text(json.dumps(history, separators=(",", ":")))
+    )
+    _replace(out / CHECKPOINT, lambda f: torch.save(state, f))
     return out / CHECKPOINT
+
+
+def _replace(path: Path, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` over ``path``: a crash leaves the old file or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
 
 
 def load_checkpoint(out_dir: str | Path) -> tuple[dict, dict, list[dict]]:
